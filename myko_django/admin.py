@@ -1,0 +1,49 @@
+"""The event log, read-only in the admin, and a base ModelAdmin linking items to their history.
+
+Admin writes need nothing special: they go through the ORM, whose writes are captured.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .models import Event
+from .registry import registry
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["position", "change_type", "item_type", "item_id", "tx", "created_at"]
+    list_filter = ["item_type", "change_type"]
+    search_fields = ["=item_id", "=tx"]
+    ordering = ["-position"]
+    readonly_fields = [f.name for f in Event._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ItemAdmin(admin.ModelAdmin):
+    """ModelAdmin for item models: shows a link to the item's events in the log."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "myko_history"]
+
+    @admin.display(description="Event log")
+    def myko_history(self, obj) -> str:
+        item_type = registry.for_model(type(obj))
+        if obj is None or obj.pk is None or item_type is None:
+            return "-"
+        url = reverse("admin:myko_django_event_changelist")
+        return format_html(
+            '<a href="{}?item_type={}&item_id={}">History of this {}</a>',
+            url, item_type.name, obj.pk, item_type.name,
+        )

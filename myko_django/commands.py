@@ -1,0 +1,112 @@
+"""Running a command: one transaction, idempotent by (commandId, tx, user)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from . import conf
+from .capture import write_context
+from .models import CommandResult
+from .operations import OperationError, resolve_command
+from .registry import ItemError, registry
+from .writepath import Change, apply
+
+logger = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A command that failed; its message goes to the client as ws:m:command-error."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    response: Any
+    position: int  # last log position the command committed (0: it changed nothing)
+    replayed: bool = False  # True when a stored response was returned instead of running
+
+
+class CommandContext:
+    """What a handler gets besides its parameters: reads, SET/DEL, nested commands."""
+
+    def __init__(self, command_id: str, tx: str, user: Any, using: str) -> None:
+        self.command_id = command_id
+        self.tx = tx
+        self.user = user
+        self.using = using
+
+    def model(self, item_type: str):
+        """The Django model of an item type; its ORM writes are logged like any other."""
+        return registry.get(item_type).model
+
+    def get(self, item_type: str, item_id: str) -> dict | None:
+        it = registry.get(item_type)
+        row = it.model._base_manager.using(self.using).filter(pk=it.decode_id(item_id)).first()
+        return None if row is None else it.encode(row)
+
+    def set(self, item_type: str, item: dict) -> dict:
+        """SET: replace the whole item (create it if new); returns it as stored."""
+        return apply(Change("SET", item_type, item), using=self.using)
+
+    def delete(self, item_type: str, item_id: str, *, missing_ok: bool = True) -> bool:
+        """DEL by id; a missing id is skipped, or `<Type> not found: <id>` if not missing_ok."""
+        return apply(Change("DEL", item_type, {"id": item_id}), using=self.using,
+                     missing_ok=missing_ok)
+
+    def run(self, command_id: str, **params: Any) -> Any:
+        """Run another command inside this one's transaction (no idempotency record)."""
+        handler = resolve_command(command_id)
+        return handler.func(self, **handler.kwargs(params))
+
+
+def _user_key(user: Any) -> str:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return ""
+    return str(user.pk)
+
+
+def run_command(command_id: Any, params: Any, *, tx: str, user: Any = None,
+                source_id: str | None = None, using: str = "default") -> Outcome:
+    """Run one command in one transaction; raise CommandError with the client's message."""
+    try:
+        handler = resolve_command(command_id)
+        kwargs = handler.kwargs(params)
+    except OperationError as exc:
+        raise CommandError(str(exc)) from None
+    if not isinstance(tx, str) or not tx:
+        raise CommandError(f'{command_id}: "tx" must be a non-empty string')
+    user_key = _user_key(user)
+    ttl = dt.timedelta(seconds=conf.get("COMMAND_RESULT_TTL"))
+    try:
+        with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+            # Claim (command, tx, user) first: a racing duplicate blocks on this unique row
+            # until we commit, then finds our response; if we roll back it runs itself.
+            results = CommandResult.objects.using(using)
+            results.filter(command_id=command_id, tx=tx, user_key=user_key,
+                           created_at__lt=timezone.now() - ttl).delete()
+            try:
+                with transaction.atomic(using=using):
+                    claim = results.create(command_id=command_id, tx=tx, user_key=user_key,
+                                           response=None, created_at=timezone.now())
+            except IntegrityError:
+                stored = results.get(command_id=command_id, tx=tx, user_key=user_key)
+                return Outcome(stored.response, 0, replayed=True)
+            response = handler.func(CommandContext(command_id, tx, user, using), **kwargs)
+            claim.response = response
+            claim.save(using=using, update_fields=["response"])
+    except CommandError:
+        raise
+    except (ItemError, OperationError) as exc:
+        raise CommandError(str(exc)) from None
+    except DatabaseError as exc:
+        logger.warning("myko: command %s (tx %s) failed in the database: %s", command_id, tx, exc)
+        raise CommandError(f"{command_id}: the database refused the change: {exc}") from None
+    except Exception as exc:
+        logger.info("myko: command %s (tx %s) raised %r", command_id, tx, exc)
+        raise CommandError(str(exc) or type(exc).__name__) from None
+    return Outcome(response, ctx.last_position)

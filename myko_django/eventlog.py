@@ -1,0 +1,99 @@
+"""Appending to and reading from the event log.
+
+Positions are handed out by one counter row that the appending transaction updates and
+so keeps locked until it commits (or rolls back, which hands nothing out). A second
+writer waits on that row lock, so positions are gap-free and in commit order: once P is
+committed, every position below P is committed too. A Postgres sequence would number rows
+at insert time instead, and a reader could see P+1 before P commits. Writers are only
+serialized from their append to their commit, so callers append last, just before commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from . import publish
+
+_NEXT_POSITIONS_SQL = """
+INSERT INTO myko_position (id, last)
+VALUES (1, (SELECT COALESCE(MAX(position), 0) FROM myko_event) + %s)
+ON CONFLICT (id) DO UPDATE SET last = myko_position.last + %s
+RETURNING last
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A change about to be appended: no position yet."""
+
+    change_type: str
+    item_type: str
+    item_id: str
+    item: dict[str, Any] | None
+
+
+def append(pending: Sequence[Pending], *, tx: str | None, source_id: str | None,
+           using: str = "default") -> int:
+    """Append events inside the caller's transaction; publish them once it commits.
+
+    Returns the last position handed out.
+    """
+    if not pending:
+        return 0
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise RuntimeError("myko: events must be appended inside a transaction")
+    from .engine import Event as CommittedEvent
+    from .models import Event
+
+    n = len(pending)
+    with connection.cursor() as cursor:
+        cursor.execute(_NEXT_POSITIONS_SQL, [n, n])
+        last = cursor.fetchone()[0]
+    first = last - n + 1
+    tx = tx or uuid.uuid4().hex
+    now = timezone.now()
+    Event.objects.using(using).bulk_create(
+        [
+            Event(position=first + i, tx=tx, item_type=p.item_type, item_id=p.item_id,
+                  change_type=p.change_type, item=p.item, created_at=now, source_id=source_id)
+            for i, p in enumerate(pending)
+        ]
+    )
+    committed = [
+        CommittedEvent(position=first + i, item_type=p.item_type, item_id=p.item_id,
+                       change_type=p.change_type, item=p.item)
+        for i, p in enumerate(pending)
+    ]
+    transaction.on_commit(functools.partial(publish.committed, committed), using=using)
+    return last
+
+
+def high_water(using: str = "default") -> int:
+    """The highest committed position (every position below it is committed too)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT COALESCE(MAX(position), 0) FROM myko_event")
+        return cursor.fetchone()[0]
+
+
+def read(after: int, upto: int | None = None, *, item_type: str | None = None,
+         using: str = "default", chunk: int = 5000) -> Iterator:
+    """Committed events with position > after (and <= upto), in position order."""
+    from .engine import Event as CommittedEvent
+    from .models import Event
+
+    query = Event.objects.using(using).filter(position__gt=after).order_by("position")
+    if upto is not None:
+        query = query.filter(position__lte=upto)
+    if item_type is not None:
+        query = query.filter(item_type=item_type)
+    fields = ("position", "item_type", "item_id", "change_type", "item")
+    for row in query.values_list(*fields).iterator(chunk_size=chunk):
+        yield CommittedEvent(*row)

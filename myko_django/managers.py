@@ -1,0 +1,90 @@
+"""The QuerySet and manager every item model uses, so bulk ORM writes are captured too."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.db import NotSupportedError, models, router, transaction
+
+_CHUNK = 500
+
+
+def atomic_save_base(save_base: Callable) -> Callable:
+    """Wrap Model.save_base so the row write and its event commit in one transaction."""
+
+    @functools.wraps(save_base)
+    def wrapper(self, *args: Any, using: str | None = None, **kwargs: Any):
+        using = using or router.db_for_write(self.__class__, instance=self)
+        with transaction.atomic(using=using):
+            return save_base(self, *args, using=using, **kwargs)
+
+    wrapper.myko_atomic = True
+    return wrapper
+
+
+class ItemQuerySet(models.QuerySet):
+    """A QuerySet whose bulk writes append the matching events."""
+
+    def update(self, **kwargs: Any) -> int:
+        from .capture import capture_sets
+
+        with transaction.atomic(using=self.db):
+            matching = self
+            if self.db and transaction.get_connection(self.db).features.has_select_for_update:
+                matching = self.select_for_update()
+            pks = list(matching.order_by().values_list("pk", flat=True))
+            count = 0
+            base = self.model._base_manager.using(self.db)
+            for start in range(0, len(pks), _CHUNK):
+                chunk = base.filter(pk__in=pks[start : start + _CHUNK])
+                count += models.QuerySet.update(chunk, **kwargs)
+            capture_sets(self.model, pks, self.db)
+        return count
+
+    update.alters_data = True
+
+    def bulk_create(self, objs, batch_size=None, ignore_conflicts=False,
+                    update_conflicts=False, update_fields=None, unique_fields=None):
+        from .capture import capture_sets
+
+        if ignore_conflicts or update_conflicts:
+            raise NotSupportedError(
+                f"{self.model.__name__}.objects.bulk_create(ignore_conflicts/update_conflicts) "
+                "cannot tell which rows it wrote, so myko cannot log them. Use "
+                "bulk_create() without them, or update_or_create() per item."
+            )
+        objs = list(objs)
+        with transaction.atomic(using=self.db):
+            created = super().bulk_create(objs, batch_size=batch_size)
+            missing = [o for o in created if o.pk is None]
+            if missing:
+                raise NotSupportedError(
+                    f"{self.model.__name__}: the database did not return the primary keys of "
+                    "bulk-created rows, so myko cannot log them; use save() per item."
+                )
+            capture_sets(self.model, [o.pk for o in created], self.db)
+        return created
+
+    bulk_create.alters_data = True
+
+    def bulk_update(self, objs, fields, batch_size=None) -> int:
+        from .capture import capture_sets
+
+        objs = list(objs)
+        with transaction.atomic(using=self.db):
+            count = super().bulk_update(objs, fields, batch_size=batch_size)
+            capture_sets(self.model, [o.pk for o in objs], self.db)
+        return count
+
+    bulk_update.alters_data = True
+
+    def _raw_delete(self, using):
+        raise NotSupportedError(
+            f"{self.model.__name__}: a raw delete would bypass the myko event log; use delete()."
+        )
+
+
+class ItemManager(models.Manager.from_queryset(ItemQuerySet)):
+    """The default (and base) manager of item models."""

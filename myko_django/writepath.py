@@ -1,0 +1,100 @@
+"""The one write path for wire-level changes: SET/DEL batches validated and applied in a
+transaction; the event log rows come from the capture of the ORM writes it makes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, transaction
+
+from .capture import write_context
+from .registry import ItemError, registry
+
+
+@dataclass(frozen=True)
+class Change:
+    """One wire-level change: SET replaces the whole item, DEL removes it by id."""
+
+    change_type: str
+    item_type: str
+    item: dict[str, Any]
+
+
+class NotFound(ItemError):
+    pass
+
+
+def change_from_event(event: Any) -> Change:
+    """Validate the shape of a client MEvent (PROTOCOL.md §6); values are checked on apply."""
+    if not isinstance(event, dict):
+        raise ItemError(f"An event must be an object, got {type(event).__name__}")
+    change_type = event.get("changeType")
+    if change_type not in ("SET", "DEL"):
+        raise ItemError(f'Event "changeType" must be "SET" or "DEL", got {change_type!r:.40}')
+    item_type = event.get("itemType")
+    if not isinstance(item_type, str):
+        raise ItemError(f'Event "itemType" must be a string, got {item_type!r:.40}')
+    item = event.get("item")
+    if not isinstance(item, dict):
+        raise ItemError(f'Event "item" must be an object, got {type(item).__name__}')
+    return Change(change_type, item_type, item)
+
+
+def apply(change: Change, *, using: str = "default", missing_ok: bool = True) -> dict | bool:
+    """Apply one change inside the caller's transaction.
+
+    SET returns the stored wire item; DEL returns whether the item existed.
+    """
+    item_type = registry.get(change.item_type)
+    model = item_type.model
+    if "id" not in change.item:
+        raise ItemError(f"{item_type.name}: item has no id")
+    pk = item_type.decode_id(change.item["id"])
+    rows = model._base_manager.using(using)
+    if transaction.get_connection(using).features.has_select_for_update:
+        rows = rows.select_for_update()
+    existing = rows.filter(pk=pk).first()
+    if change.change_type == "DEL":
+        if existing is None:
+            if missing_ok:
+                return False
+            raise NotFound(f"{item_type.name} not found: {change.item['id']}")
+        existing.delete()
+        return True
+    instance = item_type.build(change.item, existing)
+    try:
+        with transaction.atomic(using=using):
+            instance.save(using=using, force_insert=existing is None,
+                          force_update=existing is not None)
+    except IntegrityError as exc:
+        raise ItemError(f"{item_type.name} {change.item['id']}: rejected by the database: "
+                        f"{exc}".strip()) from exc
+    return item_type.encode(instance)
+
+
+def apply_batch(changes: Sequence[Change], *, tx: str | None = None,
+                source_id: str | None = None, using: str = "default") -> int:
+    """All changes in one transaction, in order; any error rolls back all. Returns the last
+    position appended (0 when nothing changed)."""
+    with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+        for change in changes:
+            apply(change, using=using)
+    return ctx.last_position
+
+
+def apply_events(events: Sequence[Any], *, tx: str | None = None, source_id: str | None = None,
+                 using: str = "default") -> tuple[int, list[tuple[int, Any, str]]]:
+    """A client event batch: valid events commit together in order; each invalid one is
+    reported as (index, event, message) and does not stop the others."""
+    rejected: list[tuple[int, Any, str]] = []
+    with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+        for index, event in enumerate(events):
+            try:
+                change = change_from_event(event)
+                with transaction.atomic(using=using):
+                    apply(change, using=using)
+            except (ItemError, DatabaseError) as exc:
+                rejected.append((index, event, str(exc)))
+    return ctx.last_position, rejected

@@ -1,0 +1,12 @@
+"""The demo's own operations, found by myko at start-up (each app's myko.py)."""
+
+from myko_django.operations import command
+
+from .models import Target
+
+
+@command("RenameTarget")
+def rename_target(ctx, *, id: str, name: str) -> None:
+    updated = Target.objects.filter(pk=id).update(name=name)
+    if not updated:
+        raise ValueError(f"Target not found: {id}")
