@@ -344,7 +344,9 @@ class _Compiler:
         if kind in ("bool", "json"):
             raise self.error(f'does not support "range" ({kind} field)')
         if not isinstance(value, dict):
-            raise self.error(f'"range" value must be an object {{"min"?, "max"?}}, got {_show(value)}')
+            raise self.error(
+                f'"range" value must be an object {{"min"?, "max"?}}, got {_show(value)}'
+            )
         lo_raw, hi_raw = value.get("min"), value.get("max")
         if lo_raw is None and hi_raw is None:
             raise self.error('"range" needs "min", "max" or both')
@@ -352,9 +354,7 @@ class _Compiler:
         hi = None if hi_raw is None else self.plain(hi_raw, where='"range" max ', obj_ok=False)
         if kind in ("datetime", "time") and lo is not None and hi is not None:
             if (lo.utcoffset() is None) != (hi.utcoffset() is None):
-                raise self.error(
-                    '"range" min and max must both have a time zone or both have none'
-                )
+                raise self.error('"range" min and max must both have a time zone or both have none')
 
         if kind in _DECODED_KINDS:
 

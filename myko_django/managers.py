@@ -69,16 +69,7 @@ class ItemQuerySet(models.QuerySet):
 
     bulk_create.alters_data = True
 
-    def bulk_update(self, objs, fields, batch_size=None) -> int:
-        from .capture import capture_sets
-
-        objs = list(objs)
-        with transaction.atomic(using=self.db):
-            count = super().bulk_update(objs, fields, batch_size=batch_size)
-            capture_sets(self.model, [o.pk for o in objs], self.db)
-        return count
-
-    bulk_update.alters_data = True
+    # bulk_update() needs no override: Django implements it with update(), captured above.
 
     def _raw_delete(self, using):
         raise NotSupportedError(
