@@ -230,8 +230,11 @@ class ItemType:
                 raise ItemError(f"{self.name}.{codec.wire} is required")
             setattr(instance, f.attname, value)
         instance._state.adding = existing is None
+        # null is a wire value of its own for nullable fields, whatever `blank` says.
+        nulls = [c.field.name for c in self.codecs
+                 if c.field.null and getattr(instance, c.attname) is None]
         try:
-            instance.full_clean(validate_unique=True, validate_constraints=True)
+            instance.full_clean(exclude=nulls, validate_unique=True, validate_constraints=True)
         except ValidationError as exc:
             raise ItemError(self._describe(exc)) from exc
         return instance

@@ -61,6 +61,12 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Writers take the lock when their transaction begins and wait for it, instead of
+    # failing with "database is locked" when two transactions both read, then write.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+    # A file, not :memory:, so commands on other threads see the test data.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 
 # REDIS_URL selects channels-redis; without it the in-memory layer serves one process.
 if os.environ.get("REDIS_URL"):

@@ -1,0 +1,169 @@
+"""Commands: one transaction each, clear errors, idempotent by (commandId, tx, user)."""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from myko_django.commands import CommandError, run_command
+from myko_django.models import CommandResult, Event
+from myko_django.writepath import Change, apply_batch, apply_events
+from project.demo.models import Target
+from tests.testapp.models import Gadget
+
+pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+
+
+def test_success_returns_response_and_position(published):
+    out = run_command("MakeGadgets", {"labels": ["a", "b"], "tx": "t1"}, tx="t1")
+    assert out.response == {"made": 2}
+    assert out.position == Event.objects.latest("position").position
+    assert [e.tx for e in Event.objects.all()] == ["t1", "t1"]
+    assert [e.item["label"] for batch in published for e in batch] == ["a", "b"]
+
+
+def test_handler_error_rolls_back_everything(published):
+    with pytest.raises(CommandError, match="failed after 1"):
+        run_command("MakeGadgets", {"labels": ["a", "b"], "failAfter": 1}, tx="t1")
+    assert Gadget.objects.count() == 0
+    assert Event.objects.count() == 0
+    assert CommandResult.objects.count() == 0
+    assert published == []
+    # A failed command stored nothing: retrying the same tx runs it again.
+    assert run_command("MakeGadgets", {"labels": ["a"]}, tx="t1").response == {"made": 1}
+
+
+@pytest.mark.parametrize(
+    "command_id, params, message",
+    [
+        ("Nope", {}, "Command handler not found: Nope"),
+        ("MakeGadgets", {}, 'MakeGadgets: "labels" is required'),
+        ("MakeGadgets", {"labels": "a"}, 'MakeGadgets: "labels" must be a list of strings'),
+        ("MakeGadgets", {"labels": [1]}, 'MakeGadgets: "labels" must be a list of strings'),
+        ("MakeGadgets", {"labels": ["x" * 11]}, "Gadget.label: Ensure this value has at most 10"),
+        ("MakeGadgets", {"labels": ["a"], "failAfter": "0"}, '"failAfter" must be an integer'),
+        ("RenameTarget", {"id": "t", "name": None}, 'RenameTarget: "name" must be a string'),
+        ("RenameTarget", {"id": "missing", "name": "x"}, "Target not found: missing"),
+        ("DeleteTarget", {"id": "missing"}, "Target not found: missing"),
+        ("DeleteTargets", {"ids": "a"}, 'DeleteTargets: "ids" must be a list of strings'),
+        (5, {}, "commandId must be a string"),
+    ],
+)
+def test_bad_commands_get_clear_errors_and_write_nothing(command_id, params, message):
+    with pytest.raises(CommandError) as info:
+        run_command(command_id, params, tx="t")
+    assert message in str(info.value)
+    assert Event.objects.count() == 0
+
+
+def test_derived_delete_commands():
+    a, b = Target.objects.create(name="a"), Target.objects.create(name="b")
+    ids = [a.pk, b.pk]
+    assert run_command("DeleteTarget", {"id": ids[0]}, tx="d1").response == {"deleted": True}
+    out = run_command("DeleteTargets", {"ids": [ids[1], "missing"]}, tx="d2")
+    assert out.response == {"deletedCount": 1}
+    assert Target.objects.count() == 0
+    assert list(Event.objects.filter(tx__in=["d1", "d2"]).values_list("change_type", "item_id")) \
+        == [("DEL", ids[0]), ("DEL", ids[1])]
+
+
+def test_nested_command_and_context_reads_share_the_transaction():
+    out = run_command("Nested", {"label": "n"}, tx="t")
+    assert out.response == {"inner": {"made": 1}, "got": "n"}
+    with pytest.raises(CommandError):
+        run_command("Nested", {"label": "x" * 11}, tx="t2")
+    assert list(Gadget.objects.values_list("label", flat=True)) == ["n"]
+
+
+def test_idempotent_tx_returns_stored_response_without_running_again():
+    first = run_command("SlowCount", {"label": "a"}, tx="same")
+    again = run_command("SlowCount", {"label": "a"}, tx="same")
+    assert (first.response, again.response) == (1, 1)
+    assert again.replayed and not first.replayed
+    assert Gadget.objects.count() == 1
+    # Another tx is another command.
+    assert run_command("SlowCount", {"label": "a"}, tx="other").response == 2
+
+
+def test_idempotency_is_per_user(django_user_model):
+    alice = django_user_model.objects.create(username="alice")
+    bob = django_user_model.objects.create(username="bob")
+    run_command("SlowCount", {"label": "a"}, tx="same", user=alice)
+    assert run_command("SlowCount", {"label": "a"}, tx="same", user=bob).response == 2
+    assert run_command("SlowCount", {"label": "a"}, tx="same", user=alice).response == 1
+
+
+def _in_thread(results, *args, **kwargs):
+    try:
+        results.append(run_command(*args, **kwargs))
+    except Exception as exc:  # pragma: no cover - reported by the assertion
+        results.append(exc)
+    finally:
+        connections.close_all()
+
+
+def test_racing_duplicates_run_once():
+    results: list = []
+    threads = [
+        threading.Thread(target=_in_thread, args=(results, "SlowCount", {"label": "r",
+                                                                         "wait": 0.3}),
+                         kwargs={"tx": "race"})
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.response for r in results] == [1, 1, 1]
+    assert sum(r.replayed for r in results) == 2
+    assert Gadget.objects.count() == 1
+
+
+def test_concurrent_commands_produce_a_gap_free_log():
+    results: list = []
+    threads = [
+        threading.Thread(target=_in_thread,
+                         args=(results, "MakeGadgets", {"labels": [f"c{i}a", f"c{i}b"]}),
+                         kwargs={"tx": f"c{i}"})
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(r, Exception) for r in results), results
+    positions = list(Event.objects.values_list("position", flat=True))
+    assert positions == list(range(1, 17))
+    # Each command's events are contiguous: positions follow commit order.
+    txs = list(Event.objects.values_list("tx", flat=True))
+    assert all(txs[i] == txs[i + 1] for i in range(0, 16, 2))
+
+
+def test_apply_batch_set_replaces_whole_item():
+    apply_batch([Change("SET", "Gadget", {"id": "g", "label": "a", "count": 5})])
+    apply_batch([Change("SET", "Gadget", {"id": "g", "label": "b"})], tx="x")
+    g = Gadget.objects.get(pk="g")
+    assert (g.label, g.count) == ("b", 0)
+    assert Event.objects.latest("position").item["count"] == 0
+
+
+def test_event_batch_commits_valid_events_and_reports_each_invalid_one():
+    last, rejected = apply_events(
+        [
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "g1", "label": "ok"}},
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "g2", "label": 5}},
+            {"changeType": "PATCH", "itemType": "Gadget", "item": {"id": "g3"}},
+            {"changeType": "SET", "itemType": "Nope", "item": {"id": "g4"}},
+            "garbage",
+            {"changeType": "DEL", "itemType": "Gadget", "item": {"id": "never-existed"}},
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "g5", "label": "ok2"}},
+        ]
+    )
+    assert [i for i, _, _ in rejected] == [1, 2, 3, 4]
+    messages = [m for _, _, m in rejected]
+    assert "Gadget.label must be a string" in messages[0]
+    assert '"changeType" must be "SET" or "DEL"' in messages[1]
+    assert "Unknown item type: Nope" in messages[2]
+    assert "must be an object" in messages[3]
+    assert sorted(Gadget.objects.values_list("pk", flat=True)) == ["g1", "g5"]
+    assert last == Event.objects.latest("position").position == 2

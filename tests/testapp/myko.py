@@ -1,0 +1,49 @@
+"""Operations used by the tests (found by autodiscovery like any app's myko.py)."""
+
+import threading
+import time
+
+from myko_django.operations import command, query, report
+
+from .models import Gadget
+
+# Lets a test hold a command open inside its transaction.
+gate = threading.Event()
+
+
+@command("MakeGadgets")
+def make_gadgets(ctx, *, labels: list[str], fail_after: int | None = None) -> dict:
+    for index, label in enumerate(labels):
+        if fail_after is not None and index == fail_after:
+            raise ValueError(f"failed after {index}")
+        ctx.set("Gadget", {"id": f"g-{label}", "label": label})
+    return {"made": len(labels)}
+
+
+@command("SlowCount")
+def slow_count(ctx, *, label: str, wait: float = 0.0) -> int:
+    Gadget.objects.create(label=label)
+    time.sleep(wait)
+    return Gadget.objects.filter(label=label).count()
+
+
+@command("Nested")
+def nested(ctx, *, label: str) -> dict:
+    inner = ctx.run("MakeGadgets", labels=[label])
+    ctx.delete("Gadget", "g-does-not-exist")
+    return {"inner": inner, "got": ctx.get("Gadget", f"g-{label}")["label"]}
+
+
+@query("GetGadgetsByMinCount", item="Gadget")
+def gadgets_by_min_count(*, min_count: int):
+    return {"count": {"kind": "range", "value": {"min": min_count}}}
+
+
+@query("GetLongLabelGadgets", item=Gadget)
+def long_label_gadgets(*, length: int = 3):
+    return lambda item: len(item["label"]) >= length
+
+
+@report("GadgetLabels", depends=[Gadget])
+def gadget_labels(view, *, prefix: str = "") -> list[str]:
+    return sorted(i["label"] for i in view.items("Gadget").values() if i["label"].startswith(prefix))
