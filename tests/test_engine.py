@@ -18,7 +18,9 @@ from myko_django.engine import (
 from myko_django.filters import Filter, ItemSchema, compile_filter, filter_for_ids
 
 T = "Target"
-SCHEMA = ItemSchema(T, {"id": "id", "name": "str", "category": "str", "n": "int", "price": "decimal"})
+SCHEMA = ItemSchema(
+    T, {"id": "id", "name": "str", "category": "str", "n": "int", "price": "decimal"}
+)
 OTHER = ItemSchema("Scene", {"id": "id", "name": "str"})
 
 
@@ -131,7 +133,6 @@ def test_duplicate_subscribe_ignored():
     assert e.subscribe_query("c1", "t1", T, q({"category": "z"}), None) is None
     w = one(e.apply([log.set(it("2"))]), "t1")
     assert w["sequence"] == 2  # not reset, filter unchanged
-    # A report with an active query tx is a duplicate too? No: reports replace (§4).
     assert e.subscribe_query("c2", "t1", T, q(), None) is not None  # other connection
 
 
@@ -341,7 +342,10 @@ def test_identical_subscriptions_share_live_result_and_items():
     e, log = engine([it("1")]), Log()
     s = [e.subscribe_query(f"c{i}", "t", T, q({"category": "a"}), None) for i in range(3)]
     assert s[0].upserts is s[1].upserts is s[2].upserts  # snapshot encoded once
-    w = [e.subscribe_query(f"w{i}", "t", T, q({"category": "a"}), {"offset": 0, "limit": 5}) for i in range(2)]
+    w = [
+        e.subscribe_query(f"w{i}", "t", T, q({"category": "a"}), {"offset": 0, "limit": 5})
+        for i in range(2)
+    ]
     assert w[0].upserts is w[1].upserts
     assert e.stats()["live_results"] == 1
     ups = e.apply([log.set(it("2"))])
@@ -554,7 +558,7 @@ params_st = st.one_of(
 )
 window_st = st.one_of(
     st.none(),
-    st.builds(lambda o, l: {"offset": o, "limit": l}, st.integers(0, 4), st.integers(0, 4)),
+    st.builds(lambda o, n: {"offset": o, "limit": n}, st.integers(0, 4), st.integers(0, 4)),
 )
 
 

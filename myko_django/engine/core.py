@@ -1,4 +1,4 @@
-"""Live queries and reports over in-memory item stores: committed events in, diffs out.
+"""The engine proper: item stores, shared live results, their indexes and the diffing.
 
 Pure Python, single-threaded (one event-loop thread), no I/O. See PROTOCOL.md §3-§4.
 """
@@ -8,160 +8,24 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .filters import Filter, ItemSchema, field_key, strict_equal
-
-__all__ = [
-    "Engine",
-    "EngineError",
-    "Event",
-    "QueryUpdate",
-    "ReportSpec",
-    "ReportUpdate",
-    "SharedItems",
-    "Update",
-    "WindowError",
-    "parse_window",
-]
+from ..filters import Filter, ItemSchema, field_key, strict_equal
+from .updates import (
+    EngineError,
+    Event,
+    QueryUpdate,
+    ReportSpec,
+    ReportUpdate,
+    SharedItems,
+    Update,
+    parse_window,
+)
 
 log = logging.getLogger(__name__)
 
 Key = tuple[Hashable, str]  # (conn, tx)
-
-
-class EngineError(Exception):
-    """Misuse of the engine (store not loaded, loaded twice, unknown item type)."""
-
-
-class WindowError(EngineError, ValueError):
-    """A window that is not `{offset, limit}` with non-negative integers, or null."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One committed SET/DEL from the event log."""
-
-    position: int
-    item_type: str
-    item_id: str
-    change_type: str
-    item: dict | None
-
-
-class SharedItems:
-    """Items of one outgoing upsert list, shared by every subscriber that receives them.
-
-    Treat as immutable. `cache` is for the transport, e.g. the items encoded once per format.
-    """
-
-    __slots__ = ("item_type", "items", "cache", "_wire")
-
-    def __init__(self, item_type: str, items: tuple[dict, ...]) -> None:
-        self.item_type = item_type
-        self.items = items
-        self.cache: dict[Any, Any] = {}
-        self._wire: list[dict] | None = None
-
-    def wire(self) -> list[dict]:
-        """The `upserts` array of PROTOCOL §3.2 (built once, shared: do not mutate)."""
-        if self._wire is None:
-            t = self.item_type
-            self._wire = [{"item": it, "itemType": t} for it in self.items]
-        return self._wire
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __repr__(self) -> str:
-        return f"SharedItems({self.item_type!r}, {len(self.items)} items)"
-
-
-@dataclass(slots=True, eq=False)
-class QueryUpdate:
-    """One `ws:m:query-response` for one subscription. `deletes`/`changes` may be shared."""
-
-    conn: Hashable
-    tx: str
-    sequence: int
-    upserts: SharedItems
-    deletes: list[str]
-    total_count: int
-    window: dict | None = None
-    changes: list[dict] | None = None
-
-    def to_wire(self) -> dict:
-        """The QueryResponse data dict of PROTOCOL §3.2."""
-        d: dict[str, Any] = {
-            "tx": self.tx,
-            "sequence": self.sequence,
-            "upserts": self.upserts.wire(),
-            "deletes": self.deletes,
-            "totalCount": self.total_count,
-        }
-        if self.window is not None:
-            d["window"] = self.window
-        if self.changes is not None:
-            d["changes"] = self.changes
-        return d
-
-
-@dataclass(slots=True, eq=False)
-class ReportUpdate:
-    """One `ws:m:report-response` for one subscription (value shared; do not mutate)."""
-
-    conn: Hashable
-    tx: str
-    value: Any
-
-
-Update = QueryUpdate | ReportUpdate
-
-
-@dataclass(frozen=True, eq=False)
-class ReportSpec:
-    """What a live report computes; subscriptions with the same `key` share one computation."""
-
-    kind: str  # "count" | "by_id" | "custom"
-    key: Hashable
-    item_type: str | None = None
-    flt: Filter | None = None
-    item_id: str | None = None
-    item_types: tuple[str, ...] = ()
-    compute: Callable[[Engine], Any] | None = None
-
-    @classmethod
-    def count(cls, item_type: str, flt: Filter) -> ReportSpec:
-        """CountAllXs / CountXs: `{"count": n}`, kept by the shared live result of `flt`."""
-        return cls("count", ("count", item_type, flt.key), item_type, flt, item_types=(item_type,))
-
-    @classmethod
-    def by_id(cls, item_type: str, item_id: str) -> ReportSpec:
-        """GetXById: the wire item or None."""
-        return cls("by_id", ("by_id", item_type, item_id), item_type, item_id=item_id)
-
-    @classmethod
-    def custom(
-        cls, key: Hashable, item_types: tuple[str, ...], compute: Callable[[Engine], Any]
-    ) -> ReportSpec:
-        """A user report: recomputed when a batch touches `item_types`, sent when it changes."""
-        return cls("custom", ("custom", key), item_types=tuple(item_types), compute=compute)
-
-
-def parse_window(window: Any) -> tuple[int, int] | None:
-    """Validate a client window; None removes it. Raises WindowError with a clear message."""
-    if window is None:
-        return None
-    if not isinstance(window, Mapping):
-        raise WindowError(f"window must be an object {{offset, limit}} or null, got {window!r}")
-    offset = window.get("offset", 0)
-    limit = window.get("limit")
-    for name, v in (("offset", offset), ("limit", limit)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise WindowError(f"window {name} must be a non-negative integer, got {v!r}")
-    return offset, limit
 
 
 # ---------------------------------------------------------------------------
