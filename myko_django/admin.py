@@ -45,5 +45,8 @@ class ItemAdmin(admin.ModelAdmin):
         url = reverse("admin:myko_django_event_changelist")
         return format_html(
             '<a href="{}?item_type={}&item_id={}">History of this {}</a>',
-            url, item_type.name, obj.pk, item_type.name,
+            url,
+            item_type.name,
+            obj.pk,
+            item_type.name,
         )

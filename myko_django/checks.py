@@ -14,7 +14,7 @@ def check_items(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             checks.Error(
                 f"Item name {second.name!r} is used by both {first.model._meta.label} and "
                 f"{second.model._meta.label}.",
-                hint="Item names must be unique across apps: set `myko_name = \"...\"` on one "
+                hint='Item names must be unique across apps: set `myko_name = "..."` on one '
                 "model, or pass name=... to myko_django.register().",
                 obj=second.model,
                 id="myko.E001",

@@ -55,8 +55,9 @@ class CommandContext:
 
     def delete(self, item_type: str, item_id: str, *, missing_ok: bool = True) -> bool:
         """DEL by id; a missing id is skipped, or `<Type> not found: <id>` if not missing_ok."""
-        return apply(Change("DEL", item_type, {"id": item_id}), using=self.using,
-                     missing_ok=missing_ok)
+        return apply(
+            Change("DEL", item_type, {"id": item_id}), using=self.using, missing_ok=missing_ok
+        )
 
     def run(self, command_id: str, **params: Any) -> Any:
         """Run another command inside this one's transaction (no idempotency record)."""
@@ -70,8 +71,15 @@ def _user_key(user: Any) -> str:
     return str(user.pk)
 
 
-def run_command(command_id: Any, params: Any, *, tx: str, user: Any = None,
-                source_id: str | None = None, using: str = "default") -> Outcome:
+def run_command(
+    command_id: Any,
+    params: Any,
+    *,
+    tx: str,
+    user: Any = None,
+    source_id: str | None = None,
+    using: str = "default",
+) -> Outcome:
     """Run one command in one transaction; raise CommandError with the client's message."""
     try:
         handler = resolve_command(command_id)
@@ -87,12 +95,18 @@ def run_command(command_id: Any, params: Any, *, tx: str, user: Any = None,
             # Claim (command, tx, user) first: a racing duplicate blocks on this unique row
             # until we commit, then finds our response; if we roll back it runs itself.
             results = CommandResult.objects.using(using)
-            results.filter(command_id=command_id, tx=tx, user_key=user_key,
-                           created_at__lt=timezone.now() - ttl).delete()
+            results.filter(
+                command_id=command_id, tx=tx, user_key=user_key, created_at__lt=timezone.now() - ttl
+            ).delete()
             try:
                 with transaction.atomic(using=using):
-                    claim = results.create(command_id=command_id, tx=tx, user_key=user_key,
-                                           response=None, created_at=timezone.now())
+                    claim = results.create(
+                        command_id=command_id,
+                        tx=tx,
+                        user_key=user_key,
+                        response=None,
+                        created_at=timezone.now(),
+                    )
             except IntegrityError:
                 stored = results.get(command_id=command_id, tx=tx, user_key=user_key)
                 return Outcome(stored.response, 0, replayed=True)

@@ -39,8 +39,9 @@ class Pending:
     item: dict[str, Any] | None
 
 
-def append(pending: Sequence[Pending], *, tx: str | None, source_id: str | None,
-           using: str = "default") -> int:
+def append(
+    pending: Sequence[Pending], *, tx: str | None, source_id: str | None, using: str = "default"
+) -> int:
     """Append events inside the caller's transaction; publish them once it commits.
 
     Returns the last position handed out.
@@ -62,14 +63,27 @@ def append(pending: Sequence[Pending], *, tx: str | None, source_id: str | None,
     now = timezone.now()
     Event.objects.using(using).bulk_create(
         [
-            Event(position=first + i, tx=tx, item_type=p.item_type, item_id=p.item_id,
-                  change_type=p.change_type, item=p.item, created_at=now, source_id=source_id)
+            Event(
+                position=first + i,
+                tx=tx,
+                item_type=p.item_type,
+                item_id=p.item_id,
+                change_type=p.change_type,
+                item=p.item,
+                created_at=now,
+                source_id=source_id,
+            )
             for i, p in enumerate(pending)
         ]
     )
     committed = [
-        CommittedEvent(position=first + i, item_type=p.item_type, item_id=p.item_id,
-                       change_type=p.change_type, item=p.item)
+        CommittedEvent(
+            position=first + i,
+            item_type=p.item_type,
+            item_id=p.item_id,
+            change_type=p.change_type,
+            item=p.item,
+        )
         for i, p in enumerate(pending)
     ]
     transaction.on_commit(functools.partial(publish.committed, committed), using=using)
@@ -83,8 +97,14 @@ def high_water(using: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
-def read(after: int, upto: int | None = None, *, item_type: str | None = None,
-         using: str = "default", chunk: int = 5000) -> Iterator:
+def read(
+    after: int,
+    upto: int | None = None,
+    *,
+    item_type: str | None = None,
+    using: str = "default",
+    chunk: int = 5000,
+) -> Iterator:
     """Committed events with position > after (and <= upto), in position order."""
     from .engine import Event as CommittedEvent
     from .models import Event

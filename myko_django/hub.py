@@ -49,8 +49,9 @@ def read_snapshot(item_type: str, using: str = "default") -> Snapshot:
 class Hub:
     """Orders events by position, repairs gaps from the log, and feeds the engine."""
 
-    def __init__(self, engine: Engine | None = None, *, position: int | None = None,
-                 using: str = "default") -> None:
+    def __init__(
+        self, engine: Engine | None = None, *, position: int | None = None, using: str = "default"
+    ) -> None:
         self.engine = engine or Engine({it.name: it.schema for it in registry})
         self.using = using
         self.applied = eventlog.high_water(using) if position is None else position
@@ -90,11 +91,17 @@ class Hub:
         if snapshot.position >= self.applied:
             return []
         if self._history and self._history[0].position <= snapshot.position + 1:
-            missed = [e for e in self._history if e.position > snapshot.position
-                      and e.item_type == snapshot.item_type]
+            missed = [
+                e
+                for e in self._history
+                if e.position > snapshot.position and e.item_type == snapshot.item_type
+            ]
         else:
-            missed = list(eventlog.read(snapshot.position, self.applied,
-                                        item_type=snapshot.item_type, using=self.using))
+            missed = list(
+                eventlog.read(
+                    snapshot.position, self.applied, item_type=snapshot.item_type, using=self.using
+                )
+            )
         return self.engine.apply(missed)
 
     def ensure_store(self, item_type: str) -> list[Update]:
@@ -118,4 +125,3 @@ class Hub:
             return []
         self._history.extend(batch)
         return self.engine.apply(batch)
-

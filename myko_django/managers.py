@@ -45,8 +45,15 @@ class ItemQuerySet(models.QuerySet):
 
     update.alters_data = True
 
-    def bulk_create(self, objs, batch_size=None, ignore_conflicts=False,
-                    update_conflicts=False, update_fields=None, unique_fields=None):
+    def bulk_create(
+        self,
+        objs,
+        batch_size=None,
+        ignore_conflicts=False,
+        update_conflicts=False,
+        update_fields=None,
+        unique_fields=None,
+    ):
         from .capture import capture_sets
 
         if ignore_conflicts or update_conflicts:

@@ -27,7 +27,9 @@ class Event(models.Model):
     class Meta:
         db_table = "myko_event"
         ordering = ["position"]
-        indexes = [models.Index(fields=["item_type", "item_id", "position"], name="myko_event_item")]
+        indexes = [
+            models.Index(fields=["item_type", "item_id", "position"], name="myko_event_item")
+        ]
 
     def __str__(self) -> str:
         return f"#{self.position} {self.change_type} {self.item_type} {self.item_id}"
@@ -55,7 +57,9 @@ class CommandResult(models.Model):
     class Meta:
         db_table = "myko_command_result"
         constraints = [
-            models.UniqueConstraint(fields=["command_id", "tx", "user_key"], name="myko_command_once")
+            models.UniqueConstraint(
+                fields=["command_id", "tx", "user_key"], name="myko_command_once"
+            )
         ]
 
 

@@ -152,8 +152,10 @@ def resolve_query(query_id: Any, item_type: Any, params: Any) -> tuple[str, filt
         if isinstance(result, dict):
             flt = filters.compile_filter(schema, result, op_name=query_id)
             return handler.item_type, flt
-        raise OperationError(f"{query_id}: the handler returned {type(result).__name__}, "
-                             "expected a filter dict or a predicate")
+        raise OperationError(
+            f"{query_id}: the handler returned {type(result).__name__}, "
+            "expected a filter dict or a predicate"
+        )
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
 
@@ -174,8 +176,9 @@ def resolve_report(report_id: Any, params: Any):
         if report_id in derived()["report"]:
             what, it = derived()["report"][report_id]
             if what == "count_all":
-                return ReportSpec.count(it.name, filters.compile_filter(it.schema, {},
-                                                                         op_name=report_id))
+                return ReportSpec.count(
+                    it.name, filters.compile_filter(it.schema, {}, op_name=report_id)
+                )
             if what == "count":
                 spec = _filter_params(params, report_id)
                 flt = filters.compile_filter(it.schema, spec, op_name=report_id)

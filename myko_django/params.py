@@ -32,8 +32,15 @@ class Param:
 
 
 def describe(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "an object", type(None): "null"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
@@ -49,8 +56,15 @@ def _type_label(annotation: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(annotation) or (Any,)
         return "a list" if inner is Any else f"a list of {_type_label(inner).split(' ', 1)[-1]}s"
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-            dict: "an object", list: "a list", type(None): "null"}.get(annotation, str(annotation))
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+    }.get(annotation, str(annotation))
 
 
 def fits(value: Any, annotation: Any) -> bool:

@@ -51,8 +51,15 @@ def field_kind(f: models.Field) -> str | None:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -109,8 +116,12 @@ class FieldCodec:
             "json": True,
         }[kind]
         if not ok:
-            expected = {"int": "an integer", "float": "a number", "bool": "a boolean",
-                        "json": "JSON"}.get(kind, "a string")
+            expected = {
+                "int": "an integer",
+                "float": "a number",
+                "bool": "a boolean",
+                "json": "JSON",
+            }.get(kind, "a string")
             raise ItemError(f"{where} must be {expected}, got {_type_name(value)} {value!r:.80}")
         try:
             if kind == "float":
@@ -132,9 +143,13 @@ class FieldCodec:
                 target = self.field.target_field if kind == "fk" else self.field
                 return target.to_python(value)
         except (ValueError, ValidationError, decimal.InvalidOperation) as exc:
-            hint = {"decimal": "a decimal string like \"12.50\"",
-                    "datetime": "an ISO-8601 datetime", "date": "an ISO-8601 date (YYYY-MM-DD)",
-                    "time": "an ISO-8601 time", "uuid": "a UUID string"}.get(kind, "valid")
+            hint = {
+                "decimal": 'a decimal string like "12.50"',
+                "datetime": "an ISO-8601 datetime",
+                "date": "an ISO-8601 date (YYYY-MM-DD)",
+                "time": "an ISO-8601 time",
+                "uuid": "a UUID string",
+            }.get(kind, "valid")
             raise ItemError(f"{where} must be {hint}, got {value!r:.80}") from exc
         return value
 
@@ -161,8 +176,9 @@ class ItemType:
     unsupported: list[str] = field(default_factory=list)
 
     @classmethod
-    def for_model(cls, model: type[models.Model], name: str | None = None,
-                  plural: str | None = None) -> ItemType:
+    def for_model(
+        cls, model: type[models.Model], name: str | None = None, plural: str | None = None
+    ) -> ItemType:
         name = name or getattr(model, "myko_name", None) or model.__name__
         plural = plural or getattr(model, "myko_plural", None) or name + "s"
         item_type = cls(model=model, name=name, plural=plural)
@@ -201,7 +217,9 @@ class ItemType:
 
     def decode_id(self, item_id: Any) -> Any:
         if not isinstance(item_id, str):
-            raise ItemError(f"{self.name} id must be a string, got {_type_name(item_id)} {item_id!r:.80}")
+            raise ItemError(
+                f"{self.name} id must be a string, got {_type_name(item_id)} {item_id!r:.80}"
+            )
         return self.pk_codec.decode(item_id, self.name)
 
     def build(self, wire_item: Any, existing: models.Model | None) -> models.Model:
@@ -216,7 +234,9 @@ class ItemType:
             f = codec.field
             if codec.wire in wire_item:
                 value = codec.decode(wire_item[codec.wire], self.name)
-            elif not f.editable or getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            elif (
+                not f.editable or getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            ):
                 if existing is None:
                     continue  # the model's own default, set by __init__ or pre_save
                 value = getattr(existing, f.attname)
@@ -231,8 +251,11 @@ class ItemType:
             setattr(instance, f.attname, value)
         instance._state.adding = existing is None
         # null is a wire value of its own for nullable fields, whatever `blank` says.
-        nulls = [c.field.name for c in self.codecs
-                 if c.field.null and getattr(instance, c.attname) is None]
+        nulls = [
+            c.field.name
+            for c in self.codecs
+            if c.field.null and getattr(instance, c.attname) is None
+        ]
         try:
             instance.full_clean(exclude=nulls, validate_unique=True, validate_constraints=True)
         except ValidationError as exc:
@@ -247,7 +270,9 @@ class ItemType:
         for name, errors in exc.error_dict.items():
             messages = " ".join(m for e in errors for m in e.messages)
             label = by_name.get(name)
-            parts.append(f"{self.name}.{label}: {messages}" if label else f"{self.name}: {messages}")
+            parts.append(
+                f"{self.name}.{label}: {messages}" if label else f"{self.name}: {messages}"
+            )
         return "; ".join(parts)
 
 
@@ -289,8 +314,9 @@ registry = Registry()
 _explicit: dict[type[models.Model], dict[str, str | None]] = {}
 
 
-def register(model: type[models.Model] | None = None, *, name: str | None = None,
-             plural: str | None = None):
+def register(
+    model: type[models.Model] | None = None, *, name: str | None = None, plural: str | None = None
+):
     """Make an existing model an item without changing its table. Usable as a decorator."""
 
     def do(m: type[models.Model]) -> type[models.Model]:

@@ -42,8 +42,9 @@ class LiveQuery:
         self.responses.append(wire)
 
     def set_window(self, window: dict | None) -> None:
-        self.session._deliver([self.session.hub.engine.set_window(self.session.conn, self.tx,
-                                                                  window)])
+        self.session._deliver(
+            [self.session.hub.engine.set_window(self.session.conn, self.tx, window)]
+        )
 
     def cancel(self) -> None:
         self.session.hub.engine.cancel(self.session.conn, self.tx)
@@ -103,15 +104,15 @@ class LiveSession:
             elif isinstance(update, ReportUpdate) and isinstance(sub, LiveReport):
                 sub.values.append(update.value)
 
-    def query(self, query_id: str, item_type: str, params: dict | None = None,
-              window: dict | None = None) -> LiveQuery:
+    def query(
+        self, query_id: str, item_type: str, params: dict | None = None, window: dict | None = None
+    ) -> LiveQuery:
         item_type, flt = resolve_query(query_id, item_type, params or {})
         self.pump()
         self._deliver(self.hub.ensure_store(item_type))
         live = LiveQuery(self, f"q{next(self._tx)}")
         self._subs[live.tx] = live
-        self._deliver([self.hub.engine.subscribe_query(self.conn, live.tx, item_type, flt,
-                                                       window)])
+        self._deliver([self.hub.engine.subscribe_query(self.conn, live.tx, item_type, flt, window)])
         return live
 
     def report(self, report_id: str, params: dict | None = None) -> LiveReport:
@@ -124,11 +125,11 @@ class LiveSession:
         self._deliver([self.hub.engine.subscribe_report(self.conn, live.tx, spec)])
         return live
 
-    def command(self, command_id: str, params: dict | None = None, *,
-                tx: str | None = None) -> Any:
+    def command(self, command_id: str, params: dict | None = None, *, tx: str | None = None) -> Any:
         """Run a command as this session's user; its updates are delivered before it returns."""
-        outcome: Outcome = run_command(command_id, params or {}, tx=tx or f"c{next(self._tx)}",
-                                       user=self.user)
+        outcome: Outcome = run_command(
+            command_id, params or {}, tx=tx or f"c{next(self._tx)}", user=self.user
+        )
         self.pump()
         self._deliver(self.hub.catch_up(outcome.position))
         return outcome.response

@@ -66,16 +66,23 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
     instance = item_type.build(change.item, existing)
     try:
         with transaction.atomic(using=using):
-            instance.save(using=using, force_insert=existing is None,
-                          force_update=existing is not None)
+            instance.save(
+                using=using, force_insert=existing is None, force_update=existing is not None
+            )
     except IntegrityError as exc:
-        raise ItemError(f"{item_type.name} {change.item['id']}: rejected by the database: "
-                        f"{exc}".strip()) from exc
+        raise ItemError(
+            f"{item_type.name} {change.item['id']}: rejected by the database: {exc}".strip()
+        ) from exc
     return item_type.encode(instance)
 
 
-def apply_batch(changes: Sequence[Change], *, tx: str | None = None,
-                source_id: str | None = None, using: str = "default") -> int:
+def apply_batch(
+    changes: Sequence[Change],
+    *,
+    tx: str | None = None,
+    source_id: str | None = None,
+    using: str = "default",
+) -> int:
     """All changes in one transaction, in order; any error rolls back all. Returns the last
     position appended (0 when nothing changed)."""
     with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
@@ -84,8 +91,13 @@ def apply_batch(changes: Sequence[Change], *, tx: str | None = None,
     return ctx.last_position
 
 
-def apply_events(events: Sequence[Any], *, tx: str | None = None, source_id: str | None = None,
-                 using: str = "default") -> tuple[int, list[tuple[int, Any, str]]]:
+def apply_events(
+    events: Sequence[Any],
+    *,
+    tx: str | None = None,
+    source_id: str | None = None,
+    using: str = "default",
+) -> tuple[int, list[tuple[int, Any, str]]]:
     """A client event batch: valid events commit together in order; each invalid one is
     reported as (index, event, message) and does not stop the others."""
     rejected: list[tuple[int, Any, str]] = []

@@ -31,10 +31,18 @@ def test_create_and_save_log_the_row_as_stored():
     target.save()
     assert events() == [
         ("SET", "Scene", scene.pk, {"id": scene.pk, "name": "stage"}),
-        ("SET", "Target", target.pk,
-         {"id": target.pk, "name": "t1", "category": None, "sceneId": scene.pk}),
-        ("SET", "Target", target.pk,
-         {"id": target.pk, "name": "t1b", "category": None, "sceneId": scene.pk}),
+        (
+            "SET",
+            "Target",
+            target.pk,
+            {"id": target.pk, "name": "t1", "category": None, "sceneId": scene.pk},
+        ),
+        (
+            "SET",
+            "Target",
+            target.pk,
+            {"id": target.pk, "name": "t1b", "category": None, "sceneId": scene.pk},
+        ),
     ]
 
 
@@ -49,7 +57,7 @@ def test_update_fields_and_f_expressions_log_the_reread_row():
 
 
 def test_database_defaults_and_auto_now_are_captured():
-    s = Stamp.objects.create()
+    Stamp.objects.create()
     ((_, _, _, item),) = events()
     assert item["hits"] == 7
     assert item["created"] and item["changed"]
@@ -101,7 +109,9 @@ def test_cascade_logs_del_for_children():
     owner = Owner.objects.create(name="o")
     g1 = Gadget.objects.create(label="g1", owner=owner)
     g2 = Gadget.objects.create(label="g2", owner=owner)
-    expected = sorted([("DEL", "Gadget", g1.pk), ("DEL", "Gadget", g2.pk), ("DEL", "Owner", owner.pk)])
+    expected = sorted(
+        [("DEL", "Gadget", g1.pk), ("DEL", "Gadget", g2.pk), ("DEL", "Owner", owner.pk)]
+    )
     start = last_position()
     owner.delete()
     assert sorted((ct, t, pk) for ct, t, pk, _ in events(start)) == expected

@@ -63,8 +63,9 @@ def test_derived_delete_commands():
     out = run_command("DeleteTargets", {"ids": [ids[1], "missing"]}, tx="d2")
     assert out.response == {"deletedCount": 1}
     assert Target.objects.count() == 0
-    assert list(Event.objects.filter(tx__in=["d1", "d2"]).values_list("change_type", "item_id")) \
-        == [("DEL", ids[0]), ("DEL", ids[1])]
+    assert list(
+        Event.objects.filter(tx__in=["d1", "d2"]).values_list("change_type", "item_id")
+    ) == [("DEL", ids[0]), ("DEL", ids[1])]
 
 
 def test_nested_command_and_context_reads_share_the_transaction():
@@ -105,9 +106,11 @@ def _in_thread(results, *args, **kwargs):
 def test_racing_duplicates_run_once():
     results: list = []
     threads = [
-        threading.Thread(target=_in_thread, args=(results, "SlowCount", {"label": "r",
-                                                                         "wait": 0.3}),
-                         kwargs={"tx": "race"})
+        threading.Thread(
+            target=_in_thread,
+            args=(results, "SlowCount", {"label": "r", "wait": 0.3}),
+            kwargs={"tx": "race"},
+        )
         for _ in range(3)
     ]
     for t in threads:
@@ -122,9 +125,11 @@ def test_racing_duplicates_run_once():
 def test_concurrent_commands_produce_a_gap_free_log():
     results: list = []
     threads = [
-        threading.Thread(target=_in_thread,
-                         args=(results, "MakeGadgets", {"labels": [f"c{i}a", f"c{i}b"]}),
-                         kwargs={"tx": f"c{i}"})
+        threading.Thread(
+            target=_in_thread,
+            args=(results, "MakeGadgets", {"labels": [f"c{i}a", f"c{i}b"]}),
+            kwargs={"tx": f"c{i}"},
+        )
         for i in range(8)
     ]
     for t in threads:

@@ -29,15 +29,35 @@ def test_registry_names_plurals_and_wire_fields():
 def test_encode_every_kind():
     token = uuid.uuid4()
     g = Gadget(
-        id="g1", label="x", count=3, ratio=1.5, active=True, price=decimal.Decimal("12.50"),
-        seen_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), day=dt.date(2024, 1, 2),
-        at=dt.time(3, 4), token=token, extra={"a": [1, None]}, owner_id="o1",
+        id="g1",
+        label="x",
+        count=3,
+        ratio=1.5,
+        active=True,
+        price=decimal.Decimal("12.50"),
+        seen_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        day=dt.date(2024, 1, 2),
+        at=dt.time(3, 4),
+        token=token,
+        extra={"a": [1, None]},
+        owner_id="o1",
     )
     item = registry.get("Gadget").encode(g)
     assert item == {
-        "id": "g1", "label": "x", "note": "", "count": 3, "ratio": 1.5, "active": True,
-        "price": "12.50", "seenAt": "2024-01-02T03:04:05Z", "day": "2024-01-02", "at": "03:04:00",
-        "token": str(token), "extra": {"a": [1, None]}, "ownerId": "o1", "keeperId": None,
+        "id": "g1",
+        "label": "x",
+        "note": "",
+        "count": 3,
+        "ratio": 1.5,
+        "active": True,
+        "price": "12.50",
+        "seenAt": "2024-01-02T03:04:05Z",
+        "day": "2024-01-02",
+        "at": "03:04:00",
+        "token": str(token),
+        "extra": {"a": [1, None]},
+        "ownerId": "o1",
+        "keeperId": None,
         "backupId": None,
     }
 
@@ -45,8 +65,15 @@ def test_encode_every_kind():
 @pytest.mark.django_db
 def test_build_decodes_and_fills_defaults():
     g = registry.get("Gadget").build(
-        {"id": "g1", "label": "x", "price": "3.10", "seenAt": "2024-01-02T03:04:05Z",
-         "token": "12345678-1234-5678-1234-567812345678", "extra": [1, "a"], "unknown": 1},
+        {
+            "id": "g1",
+            "label": "x",
+            "price": "3.10",
+            "seenAt": "2024-01-02T03:04:05Z",
+            "token": "12345678-1234-5678-1234-567812345678",
+            "extra": [1, "a"],
+            "unknown": 1,
+        },
         None,
     )
     assert g.count == 0 and g.active is False and g.note == ""

@@ -46,4 +46,6 @@ def long_label_gadgets(*, length: int = 3):
 
 @report("GadgetLabels", depends=[Gadget])
 def gadget_labels(view, *, prefix: str = "") -> list[str]:
-    return sorted(i["label"] for i in view.items("Gadget").values() if i["label"].startswith(prefix))
+    return sorted(
+        i["label"] for i in view.items("Gadget").values() if i["label"].startswith(prefix)
+    )
