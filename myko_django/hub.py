@@ -59,16 +59,27 @@ class Hub:
         self._history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
         self.repairs = 0  # times a gap was read from the log (for tests and stats)
 
-    def receive(self, events: Iterable[Event]) -> list[Update]:
-        """Take events from any doorbell; apply what is now contiguous; read gaps."""
+    def offer(self, events: Iterable[Event]) -> list[Update]:
+        """Take events from any doorbell and apply what is now contiguous (no I/O)."""
         for event in events:
             if event.position > self.applied:
-                self._early[event.position] = event
-        if not self._early:
-            return []
-        if self.applied + 1 not in self._early:
-            self._read_log(upto=max(self._early))
+                self._early.setdefault(event.position, event)
         return self._drain()
+
+    def gap(self) -> tuple[int, int] | None:
+        """(after, upto): positions to read from the log before buffered events can apply."""
+        if self._early and self.applied + 1 not in self._early:
+            return self.applied, max(self._early)
+        return None
+
+    def receive(self, events: Iterable[Event]) -> list[Update]:
+        """`offer`, then read any gap from the log (blocking I/O)."""
+        updates = self.offer(events)
+        gap = self.gap()
+        if gap is not None:
+            self._read_log(upto=gap[1])
+            updates += self._drain()
+        return updates
 
     def catch_up(self, position: int) -> list[Update]:
         """Make sure every position <= `position` is applied (read-your-writes)."""

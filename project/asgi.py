@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSocket through the myko consumer (next issue)."""
+"""ASGI entry point: HTTP through Django, the myko WebSocket protocol at /myko (and /)."""
 
 import os
 
@@ -9,4 +9,6 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from myko_django.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

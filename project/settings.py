@@ -93,5 +93,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"myko_django": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {"myko_django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

@@ -1,0 +1,296 @@
+"""One connection's side of the myko protocol (PROTOCOL.md), without a socket.
+
+The consumer hands it frames and gives it a `send(frame)` callable; everything else
+(format switching, subscriptions, the command queue, bad input) happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__, conf, wire
+from .commands import CommandError, run_command
+from .engine import QueryUpdate, ReportUpdate, Update, WindowError
+from .operations import OperationError, resolve_query, resolve_report
+from .registry import ItemError
+from .runtime import Runtime
+from .writepath import apply_events
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+STARTED_AT = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
+
+# Query-like subscriptions: (request event, id key, item type key, response, error).
+_KINDS = {
+    "ws:m:query": ("query", "queryId", "queryItemType", "ws:m:query-response", "ws:m:query-error"),
+    "ws:m:view": ("view", "viewId", "viewItemType", "ws:m:view-response", "ws:m:view-error"),
+}
+_CLIENT_BOUND = {
+    "ws:m:query-response",
+    "ws:m:query-error",
+    "ws:m:view-response",
+    "ws:m:view-error",
+    "ws:m:report-response",
+    "ws:m:report-error",
+    "ws:m:command-response",
+    "ws:m:command-error",
+    "ws:m:event-error",
+    "ws:m:protocol-switch",
+}
+
+Frame = str | bytes
+
+
+class Session:
+    """The protocol state of one WebSocket connection."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        send: Callable[[Frame], None],
+        *,
+        user: Any = None,
+        address: tuple[str, int] | None = None,
+    ) -> None:
+        self.id = f"c{next(_ids)}"
+        self.runtime = runtime
+        self.send_frame = send
+        self.user = user
+        self.address = address
+        self.fmt = wire.JSON  # outgoing format
+        self.binary_fmt: str | None = None  # fixed by the first binary frame that decodes
+        self.kinds: dict[str, str] = {}  # tx -> response event of its query/view/static sub
+        self.bad_frames = 0
+        self.benchmarks = 0
+        self._work: asyncio.Queue = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._run_work())
+        runtime.attach(self, self._deliver)
+
+    async def close(self) -> None:
+        """The client went away: drop subscriptions; a running command still finishes."""
+        self.runtime.detach(self)
+        self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+
+    # ---- outgoing -------------------------------------------------------------------
+
+    def send(self, event: str, data: Any) -> None:
+        self.send_frame(wire.encode({"event": event, "data": data}, self.fmt))
+
+    def _deliver(self, update: Update) -> None:
+        if isinstance(update, QueryUpdate):
+            event = self.kinds.get(update.tx, "ws:m:query-response")
+            self.send_frame(wire.encode_query_response(update, self.fmt, event))
+        elif isinstance(update, ReportUpdate):
+            self.send("ws:m:report-response", {"response": update.value, "tx": update.tx})
+
+    # ---- incoming -------------------------------------------------------------------
+
+    async def receive_text(self, text: str) -> None:
+        if text == wire.SWITCH_TEXT:
+            self.send_frame(wire.SWITCH_REPLY)
+            self.fmt = self.binary_fmt or wire.MSGPACK
+            self.binary_fmt = self.binary_fmt or wire.MSGPACK
+            return
+        try:
+            message = wire.decode_text(text)
+        except wire.WireError as exc:
+            return self._bad(str(exc))
+        await self.handle(message)
+
+    async def receive_bytes(self, data: bytes) -> None:
+        try:
+            fmt = self.binary_fmt or wire.detect_binary(data)
+            message = wire.decode_binary(data, fmt)
+        except wire.WireError as exc:
+            return self._bad(str(exc))
+        if self.binary_fmt is None:
+            self.binary_fmt = fmt
+        self.fmt = self.binary_fmt
+        await self.handle(message)
+
+    def _bad(self, reason: str) -> None:
+        self.bad_frames += 1
+        logger.warning("myko: connection %s: ignored a bad message: %s", self.id, reason)
+
+    async def handle(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+            return self._bad("not an envelope {event, data}")
+        event, data = message["event"], message.get("data")
+        if event in _KINDS:
+            return await self._subscribe(event, data)
+        if event == "ws:m:report":
+            return await self._report(data)
+        if event in ("ws:m:command", "ws:m:event", "ws:m:event-batch"):
+            return self._work.put_nowait((event, data))
+        if event in ("ws:m:query-cancel", "ws:m:view-cancel", "ws:m:report-cancel"):
+            tx = data.get("tx") if isinstance(data, dict) else None
+            if not isinstance(tx, str):
+                return self._bad(f"{event} without a string tx")
+            self.kinds.pop(tx, None)
+            self.runtime.engine.cancel(self, tx)
+            return
+        if event in ("ws:m:query-window", "ws:m:view-window"):
+            return self._window(event, data)
+        if event == "ws:m:ping":
+            return self.send("ws:m:ping", data)
+        if event == "ws:m:benchmark":
+            self.benchmarks += 1
+            return
+        if event in _CLIENT_BOUND:
+            return self._bad(f"{event} is sent by servers, not clients")
+        return self._bad(f"unknown event {event!r:.60}")
+
+    # ---- queries, views, reports ------------------------------------------------------
+
+    async def _subscribe(self, event: str, data: Any) -> None:
+        key, id_key, type_key, response, error = _KINDS[event]
+        request = data.get(key) if isinstance(data, dict) else None
+        tx = request.get("tx") if isinstance(request, dict) else None
+        op_id = data.get(id_key) if isinstance(data, dict) else None
+        if not isinstance(tx, str):
+            return self._bad(f"{event} without {key}.tx")
+        if tx in self.kinds:
+            return  # duplicate subscribe with an active tx: ignored (PROTOCOL §3.1)
+        if op_id in ("GetConnectedServer", "GetPeerServers"):
+            self.kinds[tx] = response
+            return self._static_servers(op_id, tx, response)
+        try:
+            item_type, flt = resolve_query(op_id, data.get(type_key), request)
+            await self.runtime.ensure_store(item_type)
+            if tx in self.kinds:  # a duplicate arrived while the store loaded
+                return
+            self.kinds[tx] = response
+            update = self.runtime.engine.subscribe_query(
+                self, tx, item_type, flt, data.get("window")
+            )
+        except (OperationError, ItemError, WindowError) as exc:
+            self.kinds.pop(tx, None)
+            return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
+        self.runtime.deliver([update])
+
+    def _static_servers(self, op_id: str, tx: str, response: str) -> None:
+        if op_id == "GetConnectedServer":
+            host, port = self.address or ("", 0)
+            items = [
+                {
+                    "id": SERVER_ID,
+                    "version": __version__,
+                    "address": host,
+                    "port": port,
+                    "startedAt": STARTED_AT,
+                }
+            ]
+        else:
+            items = list(conf.get("PEER_SERVERS"))
+        self.send(
+            response,
+            {
+                "tx": tx,
+                "sequence": 0,
+                "deletes": [],
+                "totalCount": len(items),
+                "upserts": [{"item": i, "itemType": "Server"} for i in items],
+            },
+        )
+
+    def _window(self, event: str, data: Any) -> None:
+        tx = data.get("tx") if isinstance(data, dict) else None
+        if not isinstance(tx, str) or "window" not in data:
+            return self._bad(f"{event} needs {{tx, window}}")
+        try:
+            update = self.runtime.engine.set_window(self, tx, data["window"])
+        except WindowError as exc:
+            kind = "view" if event == "ws:m:view-window" else "query"
+            return self.send(
+                f"ws:m:{kind}-error", {"tx": tx, f"{kind}Id": None, "message": str(exc)}
+            )
+        self.runtime.deliver([update])
+
+    async def _report(self, data: Any) -> None:
+        request = data.get("report") if isinstance(data, dict) else None
+        tx = request.get("tx") if isinstance(request, dict) else None
+        report_id = data.get("reportId") if isinstance(data, dict) else None
+        if not isinstance(tx, str):
+            return self._bad("ws:m:report without report.tx")
+        try:
+            spec = resolve_report(report_id, request)
+            for item_type in spec.item_types:
+                await self.runtime.ensure_store(item_type)
+            self.kinds.pop(tx, None)
+            update = self.runtime.engine.subscribe_report(self, tx, spec)
+        except (OperationError, ItemError) as exc:
+            message = str(exc)
+        except Exception as exc:  # a user report that raises on first computation
+            logger.exception("myko: report %s failed", report_id)
+            message = f"{report_id} failed: {exc}"
+        else:
+            return self.runtime.deliver([update])
+        self.send("ws:m:report-error", {"tx": tx, "reportId": report_id, "message": message})
+
+    # ---- commands and client events, one at a time in arrival order --------------------
+
+    async def _run_work(self) -> None:
+        while True:
+            event, data = await self._work.get()
+            try:
+                if event == "ws:m:command":
+                    await self._command(data)
+                else:
+                    await self._events(event, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("myko: connection %s: %s failed", self.id, event)
+
+    async def _command(self, data: Any) -> None:
+        request = data.get("command") if isinstance(data, dict) else None
+        tx = request.get("tx") if isinstance(request, dict) else None
+        command_id = data.get("commandId") if isinstance(data, dict) else None
+        if not isinstance(tx, str):
+            return self._bad("ws:m:command without command.tx")
+        # Shielded: a client that vanishes mid-command does not cancel the transaction.
+        job = self.runtime.db(
+            run_command, command_id, request, tx=tx, user=self.user, source_id=self.id
+        )
+        try:
+            outcome = await asyncio.shield(asyncio.ensure_future(job))
+        except CommandError as exc:
+            return self.send(
+                "ws:m:command-error", {"tx": tx, "commandId": command_id, "message": str(exc)}
+            )
+        await self.runtime.catch_up(outcome.position)  # updates first (PROTOCOL §3.4)
+        self.send("ws:m:command-response", {"response": outcome.response, "tx": tx})
+
+    async def _events(self, event: str, data: Any) -> None:
+        batch = data if event == "ws:m:event-batch" else [data]
+        if not isinstance(batch, list):
+            return self._bad("ws:m:event-batch data must be a list")
+        if not conf.get("ALLOW_CLIENT_EVENTS"):
+            for e in batch:
+                self._event_error(e, "This server does not accept events from clients")
+            return
+        position, rejected = await self.runtime.db(apply_events, batch, source_id=self.id)
+        for _, e, message in rejected:
+            logger.info("myko: connection %s: rejected event: %s", self.id, message)
+            self._event_error(e, message)
+        await self.runtime.catch_up(position)
+
+    def _event_error(self, event: Any, message: str) -> None:
+        event = event if isinstance(event, dict) else {}
+        tx = event.get("tx") if isinstance(event.get("tx"), str) else None
+        self.send(
+            "ws:m:event-error", {"tx": tx, "itemType": event.get("itemType"), "message": message}
+        )

@@ -1,0 +1,174 @@
+"""The per-process async shell around the hub: owns the engine on the event loop, runs
+database work on a dedicated thread pool, and routes updates to connections.
+
+DESIGN.md "Threads": commands, snapshot loads and gap repair must not queue behind each
+other on Channels' single sync thread, so they get their own executor; committed events
+come back to the loop with `call_soon_threadsafe`; the engine is touched only on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from . import eventlog, publish
+from .engine import Event, Update
+from .hub import Hub, read_snapshot
+
+logger = logging.getLogger(__name__)
+
+DB_THREADS = 8
+
+
+def _in_db_thread(func: Callable, *args: Any, **kwargs: Any) -> Any:
+    close_old_connections()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        # Keep the connection for the next job unless it is broken or too old.
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+
+
+class Runtime:
+    """One per process (and event loop): the hub, its engine, and the live connections."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
+        self.loop = loop
+        self.hub = hub
+        self.engine = hub.engine
+        self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="myko-db")
+        self.sinks: dict[Hashable, Callable[[Update], None]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._repairing = False
+        publish.add_listener(self._published)
+
+    @classmethod
+    async def start(cls) -> Runtime:
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1)
+        try:
+            position = await loop.run_in_executor(executor, _in_db_thread, eventlog.high_water)
+        finally:
+            executor.shutdown(wait=False)
+        return cls(loop, Hub(position=position))
+
+    def close(self) -> None:
+        publish.remove_listener(self._published)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def db(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run blocking database work on the runtime's pool."""
+        return await self.loop.run_in_executor(
+            self.executor, lambda: _in_db_thread(func, *args, **kwargs)
+        )
+
+    # ---- connections ---------------------------------------------------------------
+
+    def attach(self, conn: Hashable, sink: Callable[[Update], None]) -> None:
+        self.sinks[conn] = sink
+
+    def detach(self, conn: Hashable) -> None:
+        self.sinks.pop(conn, None)
+        self.engine.drop_connection(conn)
+
+    def deliver(self, updates: Iterable[Update | None]) -> None:
+        for update in updates:
+            if update is None:
+                continue
+            sink = self.sinks.get(update.conn)
+            if sink is not None:
+                sink(update)
+
+    # ---- events ----------------------------------------------------------------------
+
+    def _published(self, events: list[Event]) -> None:
+        """Called after commit on whatever thread committed."""
+        try:
+            self.loop.call_soon_threadsafe(self.receive, events)
+        except RuntimeError:  # loop closed: this process is shutting down
+            pass
+
+    def receive(self, events: Iterable[Event]) -> None:
+        self.deliver(self.hub.offer(events))
+        if self.hub.gap() is not None and not self._repairing:
+            self._repairing = True
+            self.loop.create_task(self._repair())
+
+    async def _repair(self) -> None:
+        try:
+            while (gap := self.hub.gap()) is not None:
+                after, upto = gap
+                events = await self.db(lambda: list(eventlog.read(after, upto)))
+                self.deliver(self.hub.offer(events))
+        except Exception:
+            logger.exception("myko: reading the event log to fill a gap failed")
+        finally:
+            self._repairing = False
+
+    async def catch_up(self, position: int) -> None:
+        """Return once every position <= `position` is applied here (read-your-writes)."""
+        while self.hub.applied < position:
+            after = self.hub.applied
+            events = await self.db(lambda: list(eventlog.read(after, position)))
+            self.deliver(self.hub.offer(events))
+
+    async def ensure_store(self, item_type: str) -> None:
+        """Load a store once, off the loop; concurrent subscribers wait for the same load."""
+        if self.engine.has_store(item_type):
+            return
+        future = self._loading.get(item_type)
+        if future is None:
+            future = self.loop.create_future()
+            self._loading[item_type] = future
+            try:
+                snapshot = await self.db(read_snapshot, item_type)
+                if not self.engine.has_store(item_type):
+                    self.deliver(self.hub.install(snapshot))
+                future.set_result(None)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved; the caller below re-raises it
+                raise
+            finally:
+                del self._loading[item_type]
+        else:
+            await asyncio.shield(future)
+
+
+_runtimes: dict[asyncio.AbstractEventLoop, Runtime] = {}
+_starting: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+
+async def get_runtime() -> Runtime:
+    """The runtime of the running loop, started on first use (daphne has no lifespan)."""
+    loop = asyncio.get_running_loop()
+    runtime = _runtimes.get(loop)
+    if runtime is not None:
+        return runtime
+    starting = _starting.get(loop)
+    if starting is None:
+        starting = _starting[loop] = loop.create_future()
+        try:
+            runtime = await Runtime.start()
+            _runtimes[loop] = runtime
+            starting.set_result(runtime)
+        except BaseException as exc:
+            starting.set_exception(exc)
+            raise
+        finally:
+            del _starting[loop]
+        return runtime
+    return await asyncio.shield(starting)
+
+
+def reset() -> None:
+    """Forget every runtime (tests start each one fresh against a fresh database)."""
+    for runtime in _runtimes.values():
+        runtime.close()
+    _runtimes.clear()

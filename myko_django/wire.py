@@ -1,0 +1,126 @@
+"""Frames <-> messages: JSON text, MessagePack or CBOR binary (PROTOCOL.md §1).
+
+A query response's items are encoded once per format and spliced into every
+subscriber's message; only the small per-subscription fields differ (DESIGN.md inv. 5).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cbor2
+import msgpack
+
+from .engine import QueryUpdate
+
+JSON, MSGPACK, CBOR = "json", "msgpack", "cbor"
+SWITCH_TEXT = "myko:switch-to-msgpack"
+SWITCH_REPLY = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'
+
+
+class WireError(ValueError):
+    """A frame that does not decode in its format."""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def decode_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"text frame is not JSON: {exc}") from None
+
+
+def detect_binary(data: bytes) -> str:
+    """Which binary format a first frame is in, from its first byte (a map in each)."""
+    if not data:
+        raise WireError("empty binary frame")
+    first = data[0]
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        return MSGPACK
+    if 0xA0 <= first <= 0xBF:
+        return CBOR
+    raise WireError(f"binary frame is neither a MessagePack nor a CBOR map (first byte {first:#x})")
+
+
+def _plain_keys(value: Any) -> Any:
+    """Refuse what JSON cannot carry: non-string map keys, tags, byte strings."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise WireError(f"map key {key!r:.40} is not a string")
+            _plain_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            _plain_keys(item)
+    elif not (value is None or isinstance(value, (str, int, float, bool))):
+        raise WireError(f"value of type {type(value).__name__} has no JSON equivalent")
+    return value
+
+
+def decode_binary(data: bytes, fmt: str) -> Any:
+    try:
+        if fmt == MSGPACK:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        else:
+            value = cbor2.loads(data)
+    except Exception as exc:  # each library has its own errors for truncated/garbage input
+        raise WireError(f"binary frame is not valid {fmt}: {exc}") from None
+    return _plain_keys(value)
+
+
+def encode(message: dict, fmt: str) -> str | bytes:
+    """A whole message: text for JSON, bytes for the binary formats."""
+    if fmt == JSON:
+        return _dumps(message)
+    if fmt == MSGPACK:
+        return msgpack.packb(message, use_bin_type=True)
+    return cbor2.dumps(message)
+
+
+def _upserts(update: QueryUpdate, fmt: str) -> Any:
+    cache = update.upserts.cache
+    encoded = cache.get(fmt)
+    if encoded is None:
+        wire = update.upserts.wire()
+        if fmt == JSON:
+            encoded = _dumps(wire)
+        elif fmt == MSGPACK:
+            encoded = msgpack.packb(wire, use_bin_type=True)
+        else:
+            encoded = cbor2.dumps(wire)
+        cache[fmt] = encoded
+    return encoded
+
+
+def _map_header(n: int, fmt: str) -> bytes:
+    if fmt == MSGPACK:
+        return bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
+    return bytes([0xA0 | n]) if n < 24 else b"\xb8" + bytes([n])
+
+
+def encode_query_response(
+    update: QueryUpdate, fmt: str, event: str = "ws:m:query-response"
+) -> str | bytes:
+    """A query (or view) response with the shared upserts spliced in already encoded."""
+    fields: list[tuple[str, Any]] = [
+        ("tx", update.tx),
+        ("sequence", update.sequence),
+        ("deletes", update.deletes),
+        ("totalCount", update.total_count),
+    ]
+    if update.window is not None:
+        fields.append(("window", update.window))
+    if update.changes is not None:
+        fields.append(("changes", update.changes))
+    upserts = _upserts(update, fmt)
+    if fmt == JSON:
+        parts = ",".join(f"{_dumps(k)}:{_dumps(v)}" for k, v in fields)
+        return f'{{"event":{_dumps(event)},"data":{{{parts},"upserts":{upserts}}}}}'
+    pack = (lambda v: msgpack.packb(v, use_bin_type=True)) if fmt == MSGPACK else cbor2.dumps
+    body = b"".join(pack(k) + pack(v) for k, v in fields) + pack("upserts") + upserts
+    outer = _map_header(2, fmt) + pack("event") + pack(event) + pack("data")
+    return outer + _map_header(len(fields) + 1, fmt) + body
