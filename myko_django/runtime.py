@@ -35,6 +35,10 @@ def _in_db_thread(func: Callable, *args: Any, **kwargs: Any) -> Any:
             conn.close_if_unusable_or_obsolete()
 
 
+def _read_log(after: int, upto: int) -> list[Event]:
+    return list(eventlog.read(after, upto))
+
+
 class Runtime:
     """One per process (and event loop): the hub, its engine, and the live connections."""
 
@@ -104,7 +108,7 @@ class Runtime:
         try:
             while (gap := self.hub.gap()) is not None:
                 after, upto = gap
-                events = await self.db(lambda: list(eventlog.read(after, upto)))
+                events = await self.db(_read_log, after, upto)
                 self.deliver(self.hub.offer(events))
         except Exception:
             logger.exception("myko: reading the event log to fill a gap failed")
@@ -115,7 +119,7 @@ class Runtime:
         """Return once every position <= `position` is applied here (read-your-writes)."""
         while self.hub.applied < position:
             after = self.hub.applied
-            events = await self.db(lambda: list(eventlog.read(after, position)))
+            events = await self.db(_read_log, after, position)
             self.deliver(self.hub.offer(events))
 
     async def ensure_store(self, item_type: str) -> None:
