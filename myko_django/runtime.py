@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -63,8 +64,22 @@ class Runtime:
         return cls(loop, Hub(position=position))
 
     def close(self) -> None:
+        """Stop listening and close the pool's database connections (each is per thread)."""
         publish.remove_listener(self._published)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        threads = len(self.executor._threads)
+        if threads:
+            barrier = threading.Barrier(threads, timeout=5)
+
+            def close_connections() -> None:
+                connections.close_all()
+                try:
+                    barrier.wait()  # hold this thread so every thread gets one job
+                except threading.BrokenBarrierError:
+                    pass
+
+            for _ in range(threads):
+                self.executor.submit(close_connections)
+        self.executor.shutdown(wait=True, cancel_futures=False)
 
     async def db(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run blocking database work on the runtime's pool."""
