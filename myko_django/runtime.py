@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from . import eventlog, publish
+from . import conf, eventlog, publish
 from .engine import Event, Update
 from .hub import Hub, read_snapshot
 
@@ -52,6 +52,7 @@ class Runtime:
         self._loading: dict[str, asyncio.Future] = {}
         self._repairing = False
         publish.add_listener(self._published)
+        self._poller = loop.create_task(self._poll())
 
     @classmethod
     async def start(cls) -> Runtime:
@@ -66,6 +67,7 @@ class Runtime:
     def close(self) -> None:
         """Stop listening and close the pool's database connections (each is per thread)."""
         publish.remove_listener(self._published)
+        self._poller.cancel()
         threads = len(self.executor._threads)
         if threads:
             barrier = threading.Barrier(threads, timeout=5)
@@ -129,6 +131,21 @@ class Runtime:
             logger.exception("myko: reading the event log to fill a gap failed")
         finally:
             self._repairing = False
+
+    async def _poll(self) -> None:
+        """Writes from other processes reach us even when no doorbell rings: look at the
+        log's high-water mark every POLL_INTERVAL seconds and read what we lack."""
+        interval = conf.get("POLL_INTERVAL")
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                high = await self.db(eventlog.high_water)
+                if high > self.hub.applied:
+                    await self.catch_up(high)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("myko: polling the event log failed")
 
     async def catch_up(self, position: int) -> None:
         """Return once every position <= `position` is applied here (read-your-writes)."""
