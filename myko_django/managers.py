@@ -31,12 +31,14 @@ class ItemQuerySet(models.QuerySet):
         from .capture import capture_sets
 
         with transaction.atomic(using=self.db):
-            matching = self
-            if self.db and transaction.get_connection(self.db).features.has_select_for_update:
-                matching = self.select_for_update()
-            pks = list(matching.order_by().values_list("pk", flat=True))
-            count = 0
             base = self.model._base_manager.using(self.db)
+            # Lock the rows we are about to change so the events match what we wrote; the
+            # outer query keeps FOR UPDATE away from the caller's DISTINCT or annotations.
+            matching = base.filter(pk__in=self.order_by().values("pk"))
+            if transaction.get_connection(self.db).features.has_select_for_update:
+                matching = matching.select_for_update()
+            pks = list(matching.values_list("pk", flat=True))
+            count = 0
             for start in range(0, len(pks), _CHUNK):
                 chunk = base.filter(pk__in=pks[start : start + _CHUNK])
                 count += models.QuerySet.update(chunk, **kwargs)

@@ -206,3 +206,22 @@ def test_raw_sql_is_not_captured_documented_bypass():
     with connection.cursor() as cursor:
         cursor.execute("INSERT INTO demo_scene (id, name) VALUES ('raw', 'raw')")
     assert events() == []
+
+
+def test_update_on_distinct_and_annotated_querysets():
+    from django.db.models import Count
+
+    t = Target.objects.create(name="a", category="x")
+    start = last_position()
+    assert Target.objects.filter(category="x").distinct().update(name="b") == 1
+    assert Target.objects.annotate(n=Count("id")).filter(pk=t.pk).update(name="c") == 1
+    assert [item["name"] for *_, item in events(start)] == ["b", "c"]
+
+
+def test_loaddata_is_captured(tmp_path):
+    from django.core.management import call_command
+
+    fixture = tmp_path / "scenes.json"
+    fixture.write_text('[{"model": "demo.scene", "pk": "s1", "fields": {"name": "loaded"}}]')
+    call_command("loaddata", str(fixture), verbosity=0)
+    assert events() == [("SET", "Scene", "s1", {"id": "s1", "name": "loaded"})]
