@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import reverse
+from django.utils.http import urlencode
 from django.utils.html import format_html
 
 from .models import Event
@@ -39,14 +40,9 @@ class ItemAdmin(admin.ModelAdmin):
 
     @admin.display(description="Event log")
     def myko_history(self, obj) -> str:
-        item_type = registry.for_model(type(obj))
-        if obj is None or obj.pk is None or item_type is None:
+        item_type = registry.for_model(type(obj)) if obj is not None else None
+        if obj is None or obj._state.adding or item_type is None:
             return "-"
         url = reverse("admin:myko_django_event_changelist")
-        return format_html(
-            '<a href="{}?item_type={}&item_id={}">History of this {}</a>',
-            url,
-            item_type.name,
-            obj.pk,
-            item_type.name,
-        )
+        query = urlencode({"item_type": item_type.name, "item_id": str(obj.pk)})
+        return format_html('<a href="{}?{}">History of this {}</a>', url, query, item_type.name)

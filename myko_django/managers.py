@@ -12,12 +12,15 @@ _CHUNK = 500
 
 
 def atomic_save_base(save_base: Callable) -> Callable:
-    """Wrap Model.save_base so the row write and its event commit in one transaction."""
+    """Wrap Model.save_base so the row write and its event commit in one transaction.
+
+    No savepoint: like Django's own save(), an error marks the enclosing block for rollback.
+    """
 
     @functools.wraps(save_base)
     def wrapper(self, *args: Any, using: str | None = None, **kwargs: Any):
         using = using or router.db_for_write(self.__class__, instance=self)
-        with transaction.atomic(using=using):
+        with transaction.atomic(using=using, savepoint=False):
             return save_base(self, *args, using=using, **kwargs)
 
     wrapper.myko_atomic = True

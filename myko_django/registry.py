@@ -251,13 +251,15 @@ class ItemType:
             setattr(instance, f.attname, value)
         instance._state.adding = existing is None
         # null is a wire value of its own for nullable fields, whatever `blank` says.
-        nulls = [
+        # The id was decoded above, and the caller already knows whether it exists.
+        skip = [self.pk_codec.field.name]
+        skip += [
             c.field.name
             for c in self.codecs
             if c.field.null and getattr(instance, c.attname) is None
         ]
         try:
-            instance.full_clean(exclude=nulls, validate_unique=True, validate_constraints=True)
+            instance.full_clean(exclude=skip, validate_unique=True, validate_constraints=True)
         except ValidationError as exc:
             raise ItemError(self._describe(exc)) from exc
         return instance

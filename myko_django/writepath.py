@@ -65,10 +65,7 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
         return True
     instance = item_type.build(change.item, existing)
     try:
-        with transaction.atomic(using=using):
-            instance.save(
-                using=using, force_insert=existing is None, force_update=existing is not None
-            )
+        instance.save(using=using, force_insert=existing is None, force_update=existing is not None)
     except IntegrityError as exc:
         raise ItemError(
             f"{item_type.name} {change.item['id']}: rejected by the database: {exc}".strip()

@@ -1,0 +1,1 @@
+"""The myko management commands."""
