@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.db.models import F
 
-from myko_django import eventlog, management
+from myko_django import eventlog, reconcile
 from myko_django.management.commands import myko_resync
 from myko_django.models import Event
 from myko_django.registry import registry
@@ -33,7 +33,7 @@ UTC = dt.UTC
 @pytest.fixture(params=[500, 3], ids=["one-page", "pages-of-3"])
 def page_size(request, monkeypatch) -> int:
     """Run a test with the commands' default page size and with pages of 3 rows."""
-    monkeypatch.setattr(management, "PAGE", request.param)
+    monkeypatch.setattr(reconcile, "PAGE", request.param)
     return request.param
 
 

@@ -16,8 +16,16 @@ from django.db.models import sql
 from tqdm import tqdm
 
 from ...models import Event
+from ...reconcile import (
+    item_types,
+    latest_for,
+    latest_pages,
+    lock_out_writers,
+    pk_pages,
+    plain_rows,
+    same,
+)
 from ...registry import ItemError, ItemType, registry
-from .. import item_types, latest_for, latest_pages, lock_out_writers, pk_pages, plain_rows, same
 
 
 class Command(BaseCommand):

@@ -11,8 +11,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from ... import eventlog
 from ...models import Event
-from ...registry import ItemType
-from .. import (
+from ...reconcile import (
     existing_ids,
     item_types,
     latest_for,
@@ -21,6 +20,7 @@ from .. import (
     same,
     table_pages,
 )
+from ...registry import ItemType
 
 _FLUSH = 500  # events per append
 
