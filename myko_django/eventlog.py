@@ -115,5 +115,26 @@ def read(
     if item_type is not None:
         query = query.filter(item_type=item_type)
     fields = ("position", "item_type", "item_id", "change_type", "item")
-    for row in query.values_list(*fields).iterator(chunk_size=chunk):
-        yield CommittedEvent(*row)
+    for position, item_type_name, item_id, change_type, item in query.values_list(*fields).iterator(
+        chunk_size=chunk
+    ):
+        yield CommittedEvent(
+            position, item_type_name, item_id, change_type, _restore_floats(item_type_name, item)
+        )
+
+
+def _restore_floats(item_type: str, item: dict | None) -> dict | None:
+    """jsonb stores numbers as numeric, so 1e16 comes back as an int: make floats floats
+    again, so events read from the log equal the ones published live."""
+    if not item:
+        return item
+    from .registry import registry
+
+    known = registry.by_name.get(item_type)
+    if known is None:
+        return item
+    for codec in known.codecs:
+        value = item.get(codec.wire)
+        if codec.kind == "float" and type(value) is int:
+            item[codec.wire] = float(value)
+    return item

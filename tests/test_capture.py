@@ -225,3 +225,11 @@ def test_loaddata_is_captured(tmp_path):
     fixture.write_text('[{"model": "demo.scene", "pk": "s1", "fields": {"name": "loaded"}}]')
     call_command("loaddata", str(fixture), verbosity=0)
     assert events() == [("SET", "Scene", "s1", {"id": "s1", "name": "loaded"})]
+
+
+def test_floats_read_back_from_the_log_stay_floats():
+    from myko_django import eventlog
+
+    Gadget.objects.create(label="f", ratio=1e16)
+    (event,) = list(eventlog.read(0))
+    assert type(event.item["ratio"]) is float and event.item["ratio"] == 1e16
