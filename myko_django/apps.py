@@ -10,7 +10,7 @@ class MykoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import capture, checks  # noqa: F401  (checks register themselves)
+        from . import capture, checks, doorbell, publish  # noqa: F401  (checks self-register)
         from .managers import ItemQuerySet, atomic_save_base
         from .models import Item
         from .registry import ItemType, explicit_registrations, registry
@@ -32,5 +32,6 @@ class MykoConfig(AppConfig):
                     model._meta.base_manager_name = default.name
                     model._meta.__dict__.pop("base_manager", None)
         capture.connect()
+        publish.add_listener(doorbell.ring_from_thread)
         # User commands, queries and reports live in each app's myko.py.
         autodiscover_modules("myko")

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from . import conf, eventlog, publish
+from . import conf, doorbell, eventlog, publish
 from .engine import Event, Update
 from .hub import Hub, read_snapshot
 
@@ -53,6 +53,8 @@ class Runtime:
         self._repairing = False
         publish.add_listener(self._published)
         self._poller = loop.create_task(self._poll())
+        self.doorbell = doorbell.Listener(self.receive)
+        self.doorbell.start()
 
     @classmethod
     async def start(cls) -> Runtime:
@@ -68,6 +70,7 @@ class Runtime:
         """Stop listening and close the pool's database connections (each is per thread)."""
         publish.remove_listener(self._published)
         self._poller.cancel()
+        self.doorbell.stop()
         threads = len(self.executor._threads)
         if threads:
             barrier = threading.Barrier(threads, timeout=5)
@@ -109,11 +112,16 @@ class Runtime:
     # ---- events ----------------------------------------------------------------------
 
     def _published(self, events: list[Event]) -> None:
-        """Called after commit on whatever thread committed."""
+        """Called after commit on whatever thread committed: apply here, tell the others."""
         try:
-            self.loop.call_soon_threadsafe(self.receive, events)
+            self.loop.call_soon_threadsafe(self._committed_here, events)
         except RuntimeError:  # loop closed: this process is shutting down
             pass
+
+    def _committed_here(self, events: list[Event]) -> None:
+        self.receive(events)
+        if self.doorbell.layer is not None:
+            self.loop.create_task(doorbell.ring(events))
 
     def receive(self, events: Iterable[Event]) -> None:
         self.deliver(self.hub.offer(events))
@@ -201,6 +209,11 @@ async def get_runtime() -> Runtime:
             del _starting[loop]
         return runtime
     return await asyncio.shield(starting)
+
+
+def running() -> bool:
+    """Whether this process has a runtime (which then rings the doorbell itself)."""
+    return bool(_runtimes)
 
 
 def reset() -> None:

@@ -1,0 +1,127 @@
+"""The channel layer as a doorbell between processes: after commit, the writing process
+sends its events to one group; each worker's runtime is that group's only member.
+
+Best effort by design (channels-redis drops messages to full channels, Redis may be
+down): the log is the truth, and a worker repairs gaps and polls (runtime.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import connections
+
+from . import conf
+from .engine import Event
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_TYPE = "myko.events"
+
+
+def layer() -> Any | None:
+    """The configured cross-process layer, or None (no layer, or the in-memory one, which
+    cannot reach other processes: in-process publication already covers its job)."""
+    found = get_channel_layer(conf.get("CHANNEL_LAYER"))
+    if found is None or isinstance(found, InMemoryChannelLayer):
+        return None
+    return found
+
+
+def group_name(using: str = "default") -> str:
+    """One group per database: two projects (or test runs) sharing a Redis never mix logs."""
+    settings = connections[using].settings_dict
+    identity = f"{settings.get('HOST')}:{settings.get('PORT')}/{settings.get('NAME')}"
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", str(settings.get("NAME")))[-40:]
+    return f"myko.events.{name}.{digest}"
+
+
+def to_message(events: Sequence[Event]) -> dict:
+    return {
+        "type": MESSAGE_TYPE,
+        "events": [[e.position, e.item_type, e.item_id, e.change_type, e.item] for e in events],
+    }
+
+
+def from_message(message: dict) -> list[Event]:
+    return [Event(*row) for row in message.get("events", ())]
+
+
+async def ring(events: Sequence[Event], using: str = "default") -> None:
+    """Send committed events to every worker (from a process with an event loop)."""
+    target = layer()
+    if target is None:
+        return
+    try:
+        await target.group_send(group_name(using), to_message(events))
+    except Exception as exc:  # the log is the truth; workers poll it
+        logger.warning("myko: could not ring the doorbell (%s); workers will poll the log", exc)
+
+
+def ring_from_thread(events: Sequence[Event]) -> None:
+    """The `publish` listener of processes without a runtime (WSGI, management commands).
+
+    Where a runtime runs, it rings itself (without blocking a thread on Redis)."""
+    from .runtime import running
+
+    if running() or layer() is None:
+        return
+    try:
+        asyncio.get_running_loop()
+        return  # never block an event loop; its process's runtime rings
+    except RuntimeError:
+        pass
+    async_to_sync(ring)(events)
+
+
+class Listener:
+    """A worker's membership of the group: hands arriving events to `on_events`."""
+
+    REJOIN_EVERY = 3600.0  # group memberships expire (channels-redis group_expiry: 1 day)
+
+    def __init__(self, on_events, using: str = "default") -> None:
+        self.on_events = on_events
+        self.group = group_name(using)
+        self.layer = layer()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.layer is not None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        channel = None
+        joined_at = 0.0
+        delay = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if channel is None or loop.time() - joined_at > self.REJOIN_EVERY:
+                    channel = channel or await self.layer.new_channel("myko-hub.")
+                    await self.layer.group_add(self.group, channel)
+                    joined_at = loop.time()
+                message = await self.layer.receive(channel)
+                delay = 0.1
+                if message.get("type") == MESSAGE_TYPE:
+                    self.on_events(from_message(message))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "myko: channel layer unavailable (%s); retrying in %.1fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                joined_at = 0.0
