@@ -61,6 +61,7 @@ class CommandResult(models.Model):
                 fields=["command_id", "tx", "user_key"], name="myko_command_once"
             )
         ]
+        indexes = [models.Index(fields=["created_at"], name="myko_command_age")]
 
 
 def new_id() -> str:

@@ -222,8 +222,14 @@ class ItemType:
             )
         return self.pk_codec.decode(item_id, self.name)
 
-    def build(self, wire_item: Any, existing: models.Model | None) -> models.Model:
-        """A validated model instance replacing the whole item (PROTOCOL.md §6: SET)."""
+    def build(
+        self, wire_item: Any, existing: models.Model | None, *, check_references: bool = True
+    ) -> models.Model:
+        """A validated model instance replacing the whole item (PROTOCOL.md §6: SET).
+
+        `check_references=False` leaves foreign keys to `check_references()`, which checks a
+        whole batch in one query per field instead of one per item.
+        """
         if not isinstance(wire_item, dict):
             raise ItemError(f"{self.name}: item must be an object, got {_type_name(wire_item)}")
         if "id" not in wire_item:
@@ -258,11 +264,36 @@ class ItemType:
             for c in self.codecs
             if c.field.null and getattr(instance, c.attname) is None
         ]
+        if not check_references:
+            skip += [c.field.name for c in self.codecs if c.kind == "fk"]
         try:
             instance.full_clean(exclude=skip, validate_unique=True, validate_constraints=True)
         except ValidationError as exc:
             raise ItemError(self._describe(exc)) from exc
         return instance
+
+    def check_references(self, instances: list[models.Model], using: str) -> None:
+        """Every foreign key of `instances` points at an existing row (one query per field)."""
+        for codec in self.codecs:
+            if codec.kind != "fk":
+                continue
+            f = codec.field
+            wanted = {getattr(i, f.attname) for i in instances} - {None}
+            if not wanted:
+                continue
+            target = f.remote_field.model._base_manager.using(using)
+            found = set(
+                target.filter(**{f"{f.target_field.attname}__in": wanted}).values_list(
+                    f.target_field.attname, flat=True
+                )
+            )
+            for instance in instances:
+                value = getattr(instance, f.attname)
+                if value is not None and value not in found:
+                    raise ItemError(
+                        f"{self.name}.{codec.wire}: {f.remote_field.model.__name__} "
+                        f"{value} does not exist (item {instance.pk})"
+                    )
 
     def _describe(self, exc: ValidationError) -> str:
         if not hasattr(exc, "error_dict"):

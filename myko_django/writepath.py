@@ -73,6 +73,48 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
     return item_type.encode(instance)
 
 
+def apply_sets(item_type_name: str, items: Sequence[Any], *, using: str = "default") -> int:
+    """SET many items of one type in a few statements: one read of the existing rows, one
+    reference check per foreign key, one bulk insert, one bulk update, one append.
+
+    Same validation and events as SETting them one by one; returns how many were set.
+    """
+    item_type = registry.get(item_type_name)
+    model = item_type.model
+    for item in items:
+        if not isinstance(item, dict) or "id" not in item:
+            raise ItemError(f"{item_type.name}: every item must be an object with an id")
+    pks = [item_type.decode_id(item["id"]) for item in items]
+    if len(set(pks)) != len(pks):
+        for item in items:  # later SETs of the same id must win, in order
+            apply(Change("SET", item_type.name, item), using=using)
+        return len(items)
+    rows = model._base_manager.using(using)
+    if transaction.get_connection(using).features.has_select_for_update:
+        rows = rows.select_for_update()
+    existing = rows.in_bulk(pks)
+    instances = [
+        item_type.build(item, existing.get(pk), check_references=False)
+        for item, pk in zip(items, pks, strict=True)
+    ]
+    item_type.check_references(instances, using)
+    new = [i for i in instances if i._state.adding]
+    old = [i for i in instances if not i._state.adding]
+    manager = model._base_manager.using(using)
+    try:
+        if new:
+            manager.bulk_create(new)
+        if old:
+            for instance in old:  # what save() would do for auto_now fields
+                for codec in item_type.codecs:
+                    if getattr(codec.field, "auto_now", False):
+                        codec.field.pre_save(instance, False)
+            manager.bulk_update(old, [c.field.name for c in item_type.codecs[1:]])
+    except IntegrityError as exc:
+        raise ItemError(f"{item_type.name}: rejected by the database: {exc}".strip()) from exc
+    return len(instances)
+
+
 def apply_batch(
     changes: Sequence[Change],
     *,

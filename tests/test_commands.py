@@ -1,15 +1,17 @@
 """Commands: one transaction each, clear errors, idempotent by (commandId, tx, user)."""
 
+import datetime as dt
 import threading
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from myko_django.commands import CommandError, run_command
 from myko_django.models import CommandResult, Event
 from myko_django.writepath import Change, apply_batch, apply_events
 from project.demo.models import Target
-from tests.testapp.models import Gadget
+from tests.testapp.models import Gadget, Owner
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -172,3 +174,52 @@ def test_event_batch_commits_valid_events_and_reports_each_invalid_one():
     assert "must be an object" in messages[3]
     assert sorted(Gadget.objects.values_list("pk", flat=True)) == ["g1", "g5"]
     assert last == Event.objects.latest("position").position == 2
+
+
+def test_set_many_writes_the_same_events_as_one_by_one():
+    owner = Owner.objects.create(id="o1", name="o")
+    items = [{"id": f"g{i}", "label": f"l{i}", "count": i, "ownerId": "o1"} for i in range(5)]
+    run_command("SetGadgets", {"items": items}, tx="bulk")
+    Gadget.objects.filter(pk="g0").update(count=99)  # so the next SET updates a changed row
+    again = [{"id": "g0", "label": "changed"}, {"id": "g9", "label": "new", "price": "1.50"}]
+    run_command("SetGadgets", {"items": again}, tx="bulk2")
+    bulk = {e.item_id: e.item for e in Event.objects.filter(tx__in=["bulk", "bulk2"])}
+    assert bulk["g0"]["label"] == "changed" and bulk["g0"]["count"] == 0  # whole replace
+    assert bulk["g0"]["ownerId"] is None and bulk["g9"]["price"] == "1.50"
+    assert Event.objects.filter(tx="bulk").count() == 5
+    assert Gadget.objects.get(pk="g3").owner == owner
+    # the one-by-one path stores the same item
+    run_command("MakeGadgets", {"labels": ["l1"]}, tx="single")
+    single = Event.objects.get(tx="single").item
+    assert {**single, "id": "g1", "count": 1, "ownerId": "o1"} == bulk["g1"]
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([{"id": "a", "label": "x", "ownerId": "missing"}], "Gadget.ownerId: Owner missing"),
+        ([{"id": "a", "label": 5}], "Gadget.label must be a string"),
+        ([{"label": "x"}], "every item must be an object with an id"),
+    ],
+)
+def test_set_many_rejects_bad_items_and_writes_nothing(items, message):
+    with pytest.raises(CommandError) as info:
+        run_command("SetGadgets", {"items": [{"id": "ok", "label": "ok"}, *items]}, tx="b")
+    assert message in str(info.value)
+    assert Gadget.objects.count() == 0 and Event.objects.count() == 0
+
+
+def test_set_many_with_repeated_ids_keeps_the_last():
+    run_command(
+        "SetGadgets", {"items": [{"id": "a", "label": "1"}, {"id": "a", "label": "2"}]}, tx="r"
+    )
+    assert Gadget.objects.get(pk="a").label == "2"
+    assert [e.item["label"] for e in Event.objects.all()] == ["1", "2"]
+
+
+def test_expired_stored_response_lets_the_tx_run_again(settings):
+    run_command("SlowCount", {"label": "a"}, tx="old")
+    CommandResult.objects.update(created_at=timezone.now() - dt.timedelta(days=2))
+    again = run_command("SlowCount", {"label": "a"}, tx="old")
+    assert (again.response, again.replayed) == (2, False)
+    assert CommandResult.objects.count() == 1

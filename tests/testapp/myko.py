@@ -20,6 +20,11 @@ def make_gadgets(ctx, *, labels: list[str], fail_after: int | None = None) -> di
     return {"made": len(labels)}
 
 
+@command("SetGadgets")
+def set_gadgets(ctx, *, items: list[dict]) -> int:
+    return ctx.set_many("Gadget", items)
+
+
 @command("SlowCount")
 def slow_count(ctx, *, label: str, wait: float = 0.0) -> int:
     Gadget.objects.create(label=label)
