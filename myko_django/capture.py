@@ -135,23 +135,31 @@ def _on_parent_post_delete(sender, instance, using=None, **kwargs) -> None:
     instance._myko_reread = []
 
 
+def _with_proxies(models_: set[type[models.Model]]) -> list[type[models.Model]]:
+    """Signals name the class an instance was loaded as: include proxies of each model."""
+    from django.apps import apps
+
+    return [m for m in apps.get_models() if m._meta.concrete_model in models_]
+
+
 def connect() -> None:
     """Connect the receivers for every registered item model (called from AppConfig.ready)."""
-    parents = set()
-    for item_type in registry:
-        model = item_type.model
+    items = {item_type.model for item_type in registry}
+    parents = {
+        codec.field.remote_field.model._meta.concrete_model
+        for item_type in registry
+        for codec in item_type.codecs
+        if codec.kind == "fk"
+    }
+    for model in _with_proxies(items):
         signals.post_save.connect(_on_post_save, sender=model, dispatch_uid=f"myko-save-{model}")
         signals.post_delete.connect(
             _on_post_delete, sender=model, dispatch_uid=f"myko-delete-{model}"
         )
-        for codec in item_type.codecs:
-            if codec.kind == "fk":
-                parents.add(codec.field.remote_field.model._meta.concrete_model)
-    for parent in parents:
-        if _reread_fields(parent):
-            signals.pre_delete.connect(
-                _on_parent_pre_delete, sender=parent, dispatch_uid=f"myko-parent-pre-{parent}"
-            )
-            signals.post_delete.connect(
-                _on_parent_post_delete, sender=parent, dispatch_uid=f"myko-parent-post-{parent}"
-            )
+    for parent in _with_proxies({p for p in parents if _reread_fields(p)}):
+        signals.pre_delete.connect(
+            _on_parent_pre_delete, sender=parent, dispatch_uid=f"myko-parent-pre-{parent}"
+        )
+        signals.post_delete.connect(
+            _on_parent_post_delete, sender=parent, dispatch_uid=f"myko-parent-post-{parent}"
+        )

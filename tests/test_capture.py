@@ -233,3 +233,17 @@ def test_floats_read_back_from_the_log_stay_floats():
     Gadget.objects.create(label="f", ratio=1e16)
     (event,) = list(eventlog.read(0))
     assert type(event.item["ratio"]) is float and event.item["ratio"] == 1e16
+
+
+def test_writes_through_a_proxy_model_are_captured():
+    from tests.testapp.models import ShinyGadget
+
+    g = ShinyGadget.objects.create(id="p1", label="shiny")
+    g.label = "shinier"
+    g.save()
+    ShinyGadget.objects.get(pk="p1").delete()
+    assert [(ct, t, pk) for ct, t, pk, _ in events()] == [
+        ("SET", "Gadget", "p1"),
+        ("SET", "Gadget", "p1"),
+        ("DEL", "Gadget", "p1"),
+    ]

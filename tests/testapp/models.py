@@ -65,3 +65,10 @@ class Note(models.Model):
 
     gadget = models.ForeignKey(Gadget, on_delete=models.CASCADE, related_name="notes")
     text = models.CharField(max_length=50)
+
+
+class ShinyGadget(Gadget):
+    """A proxy of an item model: its writes are the item's writes."""
+
+    class Meta:
+        proxy = True
