@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, conf, wire
@@ -50,6 +51,18 @@ _CLIENT_BOUND = {
 Frame = str | bytes
 
 
+@dataclass
+class _Pending:
+    """A query subscription accepted while its store loads."""
+
+    item_type: str
+    flt: Any
+    window: Any
+    error: str
+    id_key: str
+    op_id: str
+
+
 class Session:
     """The protocol state of one WebSocket connection."""
 
@@ -69,6 +82,7 @@ class Session:
         self.fmt = wire.JSON  # outgoing format
         self.binary_fmt: str | None = None  # fixed by the first binary frame that decodes
         self.kinds: dict[str, str] = {}  # tx -> response event of its query/view/static sub
+        self.loading: dict[str, _Pending] = {}  # subscriptions waiting for their store
         self.bad_frames = 0
         self.benchmarks = 0
         self._work: asyncio.Queue = asyncio.Queue()
@@ -77,6 +91,7 @@ class Session:
 
     async def close(self) -> None:
         """The client went away: drop subscriptions; a running command still finishes."""
+        self.loading.clear()  # stores still loading must not subscribe a closed connection
         self.runtime.detach(self)
         self._worker.cancel()
         try:
@@ -140,6 +155,7 @@ class Session:
             if not isinstance(tx, str):
                 return self._bad(f"{event} without a string tx")
             self.kinds.pop(tx, None)
+            self.loading.pop(tx, None)
             self.runtime.engine.cancel(self, tx)
             return
         if event in ("ws:m:query-window", "ws:m:view-window"):
@@ -169,16 +185,48 @@ class Session:
             return self._static_servers(op_id, tx, response)
         try:
             item_type, flt = resolve_query(op_id, data.get(type_key), request)
-            await self.runtime.ensure_store(item_type)
-            if tx in self.kinds:  # a duplicate arrived while the store loaded
-                return
-            self.kinds[tx] = response
-            update = self.runtime.engine.subscribe_query(
-                self, tx, item_type, flt, data.get("window")
-            )
-        except (OperationError, ItemError, WindowError) as exc:
-            self.kinds.pop(tx, None)
+        except (OperationError, ItemError) as exc:
             return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
+        self.kinds[tx] = response
+        pending = _Pending(item_type, flt, data.get("window"), error, id_key, op_id)
+        if self.runtime.engine.has_store(item_type):
+            return self._start(tx, pending)
+        # Load the store without holding up this connection's later messages (pings,
+        # cancels); a cancel or window update meanwhile is applied to `pending`.
+        self.loading[tx] = pending
+        asyncio.get_running_loop().create_task(self._load_then_start(tx, pending))
+
+    async def _load_then_start(self, tx: str, pending: _Pending) -> None:
+        try:
+            await self.runtime.ensure_store(pending.item_type)
+        except Exception as exc:
+            logger.exception("myko: loading %s failed", pending.item_type)
+            if self.loading.get(tx) is pending:
+                del self.loading[tx]
+                self.kinds.pop(tx, None)
+                self.send(
+                    pending.error,
+                    {
+                        "tx": tx,
+                        pending.id_key: pending.op_id,
+                        "message": f"Could not load {pending.item_type}: {exc}",
+                    },
+                )
+            return
+        if self.loading.get(tx) is pending:  # not cancelled (or replaced) while loading
+            del self.loading[tx]
+            self._start(tx, pending)
+
+    def _start(self, tx: str, pending: _Pending) -> None:
+        try:
+            update = self.runtime.engine.subscribe_query(
+                self, tx, pending.item_type, pending.flt, pending.window
+            )
+        except WindowError as exc:
+            self.kinds.pop(tx, None)
+            return self.send(
+                pending.error, {"tx": tx, pending.id_key: pending.op_id, "message": str(exc)}
+            )
         self.runtime.deliver([update])
 
     def _static_servers(self, op_id: str, tx: str, response: str) -> None:
@@ -210,6 +258,9 @@ class Session:
         tx = data.get("tx") if isinstance(data, dict) else None
         if not isinstance(tx, str) or "window" not in data:
             return self._bad(f"{event} needs {{tx, window}}")
+        if tx in self.loading:
+            self.loading[tx].window = data["window"]
+            return
         try:
             update = self.runtime.engine.set_window(self, tx, data["window"])
         except WindowError as exc:
