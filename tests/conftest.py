@@ -32,78 +32,46 @@ def asgi_app():
     runtime.reset()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def daphne_server(transactional_db, tmp_path_factory):
+def daphne_server(transactional_db, tmp_path):
     """A real daphne process serving tests.settings against the test database.
 
     Yields its ws:// URL. Function-scoped: a transactional test flushes the log afterwards,
     and a server that outlived that would wait for positions that never come again.
     """
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     from django.db import connection
 
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("postgresql"):
-        url = (
-            f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
-            f"{db['PORT'] or 5432}/{db['NAME']}"
-        )
-    else:
-        url = f"sqlite:///{db['NAME']}"
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    env.pop("REDIS_URL", None)
-    size = str(16 * 1024 * 1024)
-    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
-    log_file = open(log, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--websocket-max-message-size",
-            size,
-            "--websocket-max-frame-size",
-            size,
-            "project.asgi:application",
-        ],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"daphne did not start:\n{log.read_text()}") from None
-            time.sleep(0.1)
-    yield f"ws://127.0.0.1:{port}/myko"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log_file.close()
-    print(log.read_text()[-5000:])  # shown by pytest when the test failed
+    from tests.servers import DaphneWorker
+
+    worker = DaphneWorker(tmp_path).start()
+    yield worker.url
+    worker.stop()
+    print(worker.output()[-5000:])  # shown by pytest when the test failed
+    connection.close()
+
+
+@pytest.fixture
+def daphne_workers(transactional_db, tmp_path):
+    """Start real daphne workers with `daphne_workers(n, redis_url=...)`; all are stopped
+    after the test."""
+    from django.db import connection
+
+    from tests.servers import DaphneWorker
+
+    started: list = []
+
+    def start(n: int = 1, **kwargs):
+        workers = [DaphneWorker(tmp_path, **kwargs) for _ in range(n)]
+        for worker in workers:
+            worker.launch()
+        for worker in workers:
+            worker.wait_ready()
+        started.extend(workers)
+        return workers
+
+    yield start
+    for worker in started:
+        worker.stop()
+    for worker in started:
+        print(worker.output()[-3000:])
     connection.close()
