@@ -73,7 +73,13 @@ if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+            # Only one hub per worker process reads its channel: a deep queue is cheap, and
+            # a message that still does not fit is repaired from the log.
+            "CONFIG": {
+                "hosts": [os.environ["REDIS_URL"]],
+                "capacity": int(os.environ.get("MYKO_LAYER_CAPACITY", "10000")),
+                "expiry": 60,
+            },
         }
     }
 else:
