@@ -36,6 +36,13 @@ def _in_db_thread(func: Callable, *args: Any, **kwargs: Any) -> Any:
             conn.close_if_unusable_or_obsolete()
 
 
+def _high_water_once() -> int:
+    try:
+        return eventlog.high_water()
+    finally:
+        connections.close_all()  # a throwaway thread: leave no connection behind
+
+
 def _read_log(after: int, upto: int) -> list[Event]:
     return list(eventlog.read(after, upto))
 
@@ -59,11 +66,7 @@ class Runtime:
     @classmethod
     async def start(cls) -> Runtime:
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(1)
-        try:
-            position = await loop.run_in_executor(executor, _in_db_thread, eventlog.high_water)
-        finally:
-            executor.shutdown(wait=False)
+        position = await loop.run_in_executor(None, _high_water_once)
         return cls(loop, Hub(position=position))
 
     def close(self) -> None:
