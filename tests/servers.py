@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_database_url() -> str:
+def database_url_for_children() -> str:
     """The URL of the database pytest-django created, for other processes."""
     db = connection.settings_dict
     if db["ENGINE"].endswith("postgresql"):
@@ -48,7 +48,7 @@ class DaphneWorker:
         self.log = log_dir / f"daphne-{self.port}.log"
         self.env = {
             **os.environ,
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": database_url_for_children(),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             **(extra_env or {}),
         }

@@ -1,0 +1,36 @@
+"""Commit order = position order, across processes (DESIGN.md invariant 3): a reader
+tailing the log never sees position N+1 and later finds N committed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from myko_django.models import Event
+from tests.servers import database_url_for_children
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_concurrent_writers_with_stalls_commit_in_position_order():
+    env_url = database_url_for_children()
+
+    def run(*args):
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.log_workers", *args],
+            env={**os.environ, "DATABASE_URL": env_url},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    readers = [run("read", "6") for _ in range(2)]
+    writers = [run("write", "60", str(seed)) for seed in range(4)]
+    for w in writers:
+        assert w.wait(timeout=60) == 0
+    outputs = [r.communicate(timeout=60)[0] for r in readers]
+    for out in outputs:
+        assert "problems=0" in out, out
+    positions = list(Event.objects.values_list("position", flat=True))
+    assert positions == list(range(1, 241))
+    assert all("last=240" in out for out in outputs), outputs
