@@ -42,12 +42,21 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     Gadget.objects.all().delete()
     print(f"database: {django.db.connection.vendor}")
-    run("1 event per command (ctx.set)", "MakeGadgets",
-        lambda i: {"labels": [f"s{i}"]}, 300, 1)
-    run("100 events per command (ctx.set loop)", "MakeGadgets",
-        lambda i: {"labels": [f"{i}-{j}" for j in range(100)]}, 10, 100)
-    run("100 events per command (ctx.set_many)", "SetGadgets",
-        lambda i: {"items": [{"id": f"b{i}-{j}", "label": f"{j}"} for j in range(100)]}, 30, 100)
+    run("1 event per command (ctx.set)", "MakeGadgets", lambda i: {"labels": [f"s{i}"]}, 300, 1)
+    run(
+        "100 events per command (ctx.set loop)",
+        "MakeGadgets",
+        lambda i: {"labels": [f"{i}-{j}" for j in range(100)]},
+        10,
+        100,
+    )
+    run(
+        "100 events per command (ctx.set_many)",
+        "SetGadgets",
+        lambda i: {"items": [{"id": f"b{i}-{j}", "label": f"{j}"} for j in range(100)]},
+        30,
+        100,
+    )
 
 
 if __name__ == "__main__":
