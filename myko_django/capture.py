@@ -17,7 +17,7 @@ from typing import Any
 from django.db import models, router
 from django.db.models import signals
 
-from . import eventlog
+from . import eventlog, publish
 from .registry import registry
 
 _CHUNK = 500
@@ -47,7 +47,8 @@ def write_context(tx: str | None = None, source_id: str | None = None) -> Iterat
     ctx = WriteContext(tx=tx, source_id=source_id)
     token = _context.set(ctx)
     try:
-        yield ctx
+        with publish.batched():
+            yield ctx
     finally:
         _context.reset(token)
 

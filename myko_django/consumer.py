@@ -57,11 +57,12 @@ class MykoConsumer:
                 if kind != "websocket.receive":
                     continue
                 text, data = message.get("text"), message.get("bytes")
-                if len(text or data or b"") > limit:
+                size = _size(text, data)
+                if size > limit:
                     logger.warning(
                         "myko: connection %s sent %d bytes (limit %d): closing",
                         session.id,
-                        len(text or data),
+                        size,
                         limit,
                     )
                     await send({"type": "websocket.close", "code": CLOSE_TOO_BIG})
@@ -79,7 +80,19 @@ class MykoConsumer:
         while True:
             frame = await outbox.get()
             key = "text" if isinstance(frame, str) else "bytes"
-            await send({"type": "websocket.send", key: frame})
+            try:
+                await send({"type": "websocket.send", key: frame})
+            except Exception:  # one unsendable frame must not silence the connection
+                logger.exception("myko: sending a %d-byte frame failed", len(frame))
+
+
+def _size(text: str | None, data: bytes | None) -> int:
+    """Bytes on the wire; a text frame's characters are up to 4 bytes each in UTF-8."""
+    if data is not None:
+        return len(data)
+    if text is None:
+        return 0
+    return len(text.encode("utf-8", "surrogatepass")) if not text.isascii() else len(text)
 
 
 class OriginValidator:

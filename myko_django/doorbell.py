@@ -92,6 +92,7 @@ class Listener:
         self.group = group_name(using)
         self.layer = layer()
         self.task: asyncio.Task | None = None
+        self.joined = asyncio.Event()  # set once the group membership is in place
 
     def start(self) -> None:
         if self.layer is not None:
@@ -112,6 +113,7 @@ class Listener:
                     channel = channel or await self.layer.new_channel("myko-hub.")
                     await self.layer.group_add(self.group, channel)
                     joined_at = loop.time()
+                    self.joined.set()
                 message = await self.layer.receive(channel)
                 delay = 0.1
                 if message.get("type") == MESSAGE_TYPE:

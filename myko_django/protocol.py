@@ -82,7 +82,9 @@ class Session:
         self.fmt = wire.JSON  # outgoing format
         self.binary_fmt: str | None = None  # fixed by the first binary frame that decodes
         self.kinds: dict[str, str] = {}  # tx -> response event of its query/view/static sub
+        self.op_ids: dict[str, Any] = {}  # tx -> the queryId/viewId it subscribed with
         self.loading: dict[str, _Pending] = {}  # subscriptions waiting for their store
+        self._loads: set[asyncio.Task] = set()
         self.bad_frames = 0
         self.benchmarks = 0
         self._work: asyncio.Queue = asyncio.Queue()
@@ -101,13 +103,25 @@ class Session:
 
     # ---- outgoing -------------------------------------------------------------------
 
-    def send(self, event: str, data: Any) -> None:
-        self.send_frame(wire.encode({"event": event, "data": data}, self.fmt))
+    def send(self, event: str, data: Any) -> bool:
+        """Encode and queue one message; False (logged) if the format cannot carry it."""
+        try:
+            frame = wire.encode({"event": event, "data": data}, self.fmt)
+        except Exception:  # e.g. a user command returned something the format cannot carry
+            logger.exception("myko: connection %s: could not encode %s", self.id, event)
+            return False
+        self.send_frame(frame)
+        return True
 
     def _deliver(self, update: Update) -> None:
         if isinstance(update, QueryUpdate):
             event = self.kinds.get(update.tx, "ws:m:query-response")
-            self.send_frame(wire.encode_query_response(update, self.fmt, event))
+            try:
+                frame = wire.encode_query_response(update, self.fmt, event)
+            except Exception:
+                logger.exception("myko: connection %s: could not encode %s", self.id, event)
+                return
+            self.send_frame(frame)
         elif isinstance(update, ReportUpdate):
             self.send("ws:m:report-response", {"response": update.value, "tx": update.tx})
 
@@ -155,6 +169,7 @@ class Session:
             if not isinstance(tx, str):
                 return self._bad(f"{event} without a string tx")
             self.kinds.pop(tx, None)
+            self.op_ids.pop(tx, None)
             self.loading.pop(tx, None)
             self.runtime.engine.cancel(self, tx)
             return
@@ -188,13 +203,16 @@ class Session:
         except (OperationError, ItemError) as exc:
             return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
         self.kinds[tx] = response
+        self.op_ids[tx] = op_id
         pending = _Pending(item_type, flt, data.get("window"), error, id_key, op_id)
         if self.runtime.engine.has_store(item_type):
             return self._start(tx, pending)
         # Load the store without holding up this connection's later messages (pings,
         # cancels); a cancel or window update meanwhile is applied to `pending`.
         self.loading[tx] = pending
-        asyncio.get_running_loop().create_task(self._load_then_start(tx, pending))
+        task = asyncio.get_running_loop().create_task(self._load_then_start(tx, pending))
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
 
     async def _load_then_start(self, tx: str, pending: _Pending) -> None:
         try:
@@ -204,6 +222,7 @@ class Session:
             if self.loading.get(tx) is pending:
                 del self.loading[tx]
                 self.kinds.pop(tx, None)
+                self.op_ids.pop(tx, None)
                 self.send(
                     pending.error,
                     {
@@ -224,6 +243,7 @@ class Session:
             )
         except WindowError as exc:
             self.kinds.pop(tx, None)
+            self.op_ids.pop(tx, None)
             return self.send(
                 pending.error, {"tx": tx, pending.id_key: pending.op_id, "message": str(exc)}
             )
@@ -266,7 +286,8 @@ class Session:
         except WindowError as exc:
             kind = "view" if event == "ws:m:view-window" else "query"
             return self.send(
-                f"ws:m:{kind}-error", {"tx": tx, f"{kind}Id": None, "message": str(exc)}
+                f"ws:m:{kind}-error",
+                {"tx": tx, f"{kind}Id": self.op_ids.get(tx), "message": str(exc)},
             )
         self.runtime.deliver([update])
 
@@ -322,8 +343,13 @@ class Session:
             return self.send(
                 "ws:m:command-error", {"tx": tx, "commandId": command_id, "message": str(exc)}
             )
-        await self.runtime.catch_up(outcome.position)  # updates first (PROTOCOL §3.4)
-        self.send("ws:m:command-response", {"response": outcome.response, "tx": tx})
+        # Updates first (PROTOCOL §3.4), also to subscriptions whose snapshot is still loading.
+        await self.runtime.catch_up(outcome.position)
+        if self._loads:
+            await asyncio.wait(list(self._loads))
+        if not self.send("ws:m:command-response", {"response": outcome.response, "tx": tx}):
+            message = f"{command_id} returned a value that cannot be sent as {self.fmt}"
+            self.send("ws:m:command-error", {"tx": tx, "commandId": command_id, "message": message})
 
     async def _events(self, event: str, data: Any) -> None:
         batch = data if event == "ws:m:event-batch" else [data]

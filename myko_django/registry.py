@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ class FieldCodec:
             raise ItemError(f"{where} must be {expected}, got {_type_name(value)} {value!r:.80}")
         try:
             if kind == "float":
-                return float(value)
+                number = float(value)
+                return number if math.isfinite(number) else _bad(value)
             if kind == "decimal":
                 return decimal.Decimal(value) if _is_finite_decimal(value) else _bad(value)
             if kind == "datetime":
@@ -141,9 +143,20 @@ class FieldCodec:
                 return uuid.UUID(value)
             if kind in ("id", "fk"):
                 target = self.field.target_field if kind == "fk" else self.field
-                return target.to_python(value)
-        except (ValueError, ValidationError, decimal.InvalidOperation) as exc:
+                key = target.to_python(value)
+                return (
+                    key if not isinstance(key, int) or _INT64[0] <= key <= _INT64[1] else _bad(key)
+                )
+            if kind == "int" and not _INT64[0] <= value <= _INT64[1]:
+                return _bad(value)
+            if kind == "json":
+                _portable_json(value, where)
+        except ItemError:
+            raise
+        except (ValueError, OverflowError, ValidationError, decimal.InvalidOperation) as exc:
             hint = {
+                "float": "a finite number",
+                "int": "an integer in the 64-bit range",
                 "decimal": 'a decimal string like "12.50"',
                 "datetime": "an ISO-8601 datetime",
                 "date": "an ISO-8601 date (YYYY-MM-DD)",
@@ -154,6 +167,31 @@ class FieldCodec:
         return value
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _portable_json(value: Any, where: str, depth: int = 0) -> None:
+    """A JSON field value every wire format can carry back: no NaN/Infinity, integers within
+    64 bits (MessagePack's limit), string keys, bounded nesting."""
+    if depth > 100:
+        raise ItemError(f"{where} is nested deeper than 100 levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ItemError(f"{where} must not hold {value} (not a JSON number)")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            raise ItemError(f"{where} holds an integer beyond 64 bits")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ItemError(f"{where} has a non-string key {key!r:.40}")
+            _portable_json(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _portable_json(item, where, depth + 1)
+    elif not (value is None or isinstance(value, (str, float, bool))):
+        raise ItemError(f"{where} holds a {type(value).__name__}, which is not JSON")
+
+
 def _is_finite_decimal(text: str) -> bool:
     try:
         return decimal.Decimal(text).is_finite()
@@ -161,7 +199,7 @@ def _is_finite_decimal(text: str) -> bool:
         return False
 
 
-def _bad(value: str) -> decimal.Decimal:
+def _bad(value: Any) -> Any:
     raise ValueError(value)
 
 

@@ -7,6 +7,7 @@ subscriber's message; only the small per-subscription fields differ (DESIGN.md i
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import cbor2
@@ -19,6 +20,11 @@ SWITCH_TEXT = "myko:switch-to-msgpack"
 SWITCH_REPLY = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'
 
 
+MAX_DEPTH = 100
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 class WireError(ValueError):
     """A frame that does not decode in its format."""
 
@@ -29,9 +35,28 @@ def _dumps(value: Any) -> str:
 
 def decode_text(text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        if "\\u" in text and _ESCAPED_SURROGATE.search(text):
+            _no_lone_surrogates(value)
+    except WireError:
+        raise
     except (ValueError, RecursionError) as exc:
         raise WireError(f"text frame is not JSON: {exc}") from None
+    return value
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    """A `\\ud800` escape decodes to a string no UTF-8 encoder (database, socket) takes."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise WireError("text frame holds a lone UTF-16 surrogate escape")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(key)
+            _no_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 def detect_binary(data: bytes) -> str:
@@ -46,16 +71,21 @@ def detect_binary(data: bytes) -> str:
     raise WireError(f"binary frame is neither a MessagePack nor a CBOR map (first byte {first:#x})")
 
 
-def _plain_keys(value: Any) -> Any:
-    """Refuse what JSON cannot carry: non-string map keys, tags, byte strings."""
+def _check(value: Any, depth: int = 0) -> Any:
+    """Refuse what JSON cannot carry (non-string map keys, tags, byte strings) and nesting
+    deeper than MAX_DEPTH (which would exhaust the stack of whatever walks it next)."""
     if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise WireError(f"message is nested deeper than {MAX_DEPTH} levels")
         for key, item in value.items():
             if not isinstance(key, str):
                 raise WireError(f"map key {key!r:.40} is not a string")
-            _plain_keys(item)
+            _check(item, depth + 1)
     elif isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            raise WireError(f"message is nested deeper than {MAX_DEPTH} levels")
         for item in value:
-            _plain_keys(item)
+            _check(item, depth + 1)
     elif not (value is None or isinstance(value, (str, int, float, bool))):
         raise WireError(f"value of type {type(value).__name__} has no JSON equivalent")
     return value
@@ -68,8 +98,8 @@ def decode_binary(data: bytes, fmt: str) -> Any:
         else:
             value = cbor2.loads(data)
     except Exception as exc:  # each library has its own errors for truncated/garbage input
-        raise WireError(f"binary frame is not valid {fmt}: {exc}") from None
-    return _plain_keys(value)
+        raise WireError(f"binary frame is not valid {fmt}: {exc!r:.200}") from None
+    return _check(value)
 
 
 def encode(message: dict, fmt: str) -> str | bytes:

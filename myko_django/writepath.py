@@ -146,6 +146,7 @@ def apply_events(
                 change = change_from_event(event)
                 with transaction.atomic(using=using):
                     apply(change, using=using)
-            except (ItemError, DatabaseError) as exc:
+            except (ItemError, DatabaseError, ValueError, TypeError) as exc:
+                # ValueError includes a driver's UnicodeEncodeError; the batch goes on.
                 rejected.append((index, event, str(exc)))
     return ctx.last_position, rejected

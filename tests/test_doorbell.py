@@ -43,7 +43,7 @@ async def test_other_process_write_arrives_through_the_layer(slow_poll):
     rt.attach("conn", received.append)
     flt = compile_filter(registry.get("Scene").schema, {}, op_name="GetAllScenes")
     rt.deliver([rt.engine.subscribe_query("conn", "q", "Scene", flt, None)])
-    await asyncio.sleep(0.2)  # let the listener join the group
+    await asyncio.wait_for(rt.doorbell.joined.wait(), 5)
     await asyncio.to_thread(
         _write_in_another_process,
         "from project.demo.models import Scene; Scene.objects.create(id='s1', name='rung')",

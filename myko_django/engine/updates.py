@@ -120,7 +120,13 @@ class ReportSpec:
     @classmethod
     def by_id(cls, item_type: str, item_id: str) -> ReportSpec:
         """GetXById: the wire item or None."""
-        return cls("by_id", ("by_id", item_type, item_id), item_type, item_id=item_id)
+        return cls(
+            "by_id",
+            ("by_id", item_type, item_id),
+            item_type,
+            item_id=item_id,
+            item_types=(item_type,),
+        )
 
     @classmethod
     def custom(
@@ -139,6 +145,8 @@ def parse_window(window: Any) -> tuple[int, int] | None:
     offset = window.get("offset", 0)
     limit = window.get("limit")
     for name, v in (("offset", offset), ("limit", limit)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise WindowError(f"window {name} must be a non-negative integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+            raise WindowError(
+                f"window {name} must be a non-negative integer below 2**63, got {v!r:.40}"
+            )
     return offset, limit
