@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import connections
 
 from . import conf
@@ -33,6 +33,15 @@ def layer() -> Any | None:
     if found is None or isinstance(found, InMemoryChannelLayer):
         return None
     return found
+
+
+def _private_layer() -> Any | None:
+    """A layer instance of the listener's own: channels-redis binds a layer's receive lock
+    to the first event loop that receives, and the shared instance outlives loops (tests,
+    a restarted runtime)."""
+    if layer() is None:
+        return None
+    return channel_layers.make_backend(conf.get("CHANNEL_LAYER"))
 
 
 def group_name(using: str = "default") -> str:
@@ -90,7 +99,7 @@ class Listener:
     def __init__(self, on_events, using: str = "default") -> None:
         self.on_events = on_events
         self.group = group_name(using)
-        self.layer = layer()
+        self.layer = _private_layer()
         self.task: asyncio.Task | None = None
         self.joined = asyncio.Event()  # set once the group membership is in place
 
@@ -103,6 +112,17 @@ class Listener:
             self.task.cancel()
 
     async def _run(self) -> None:
+        try:
+            await self._listen()
+        finally:
+            close = getattr(self.layer, "close_pools", None)
+            if close is not None:
+                try:
+                    await asyncio.shield(close())
+                except Exception:  # noqa: BLE001 - Redis may be down; nothing to keep
+                    pass
+
+    async def _listen(self) -> None:
         channel = None
         joined_at = 0.0
         delay = 0.1
