@@ -65,8 +65,16 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
         return True
     instance = item_type.build(change.item, existing)
     try:
-        instance.save(using=using, force_insert=existing is None, force_update=existing is not None)
+        if existing is None:
+            # A savepoint: a concurrent writer may insert the same id first (FOR UPDATE
+            # cannot lock a row that does not exist yet).
+            with transaction.atomic(using=using):
+                instance.save(using=using, force_insert=True)
+        else:
+            instance.save(using=using, force_update=True)
     except IntegrityError as exc:
+        if existing is None and rows.filter(pk=pk).exists():
+            return apply(change, using=using)  # lost the race: SET replaces what it wrote
         raise ItemError(
             f"{item_type.name} {change.item['id']}: rejected by the database: {exc}".strip()
         ) from exc
@@ -103,7 +111,15 @@ def apply_sets(item_type_name: str, items: Sequence[Any], *, using: str = "defau
     manager = model._base_manager.using(using)
     try:
         if new:
-            manager.bulk_create(new)
+            try:
+                with transaction.atomic(using=using):  # see apply(): racing inserts
+                    manager.bulk_create(new)
+            except IntegrityError:
+                if not rows.filter(pk__in=[i.pk for i in new]).exists():
+                    raise
+                for item in items:  # lost a race for some ids: SET them one by one
+                    apply(Change("SET", item_type.name, item), using=using)
+                return len(items)
         if old:
             for instance in old:  # what save() would do for auto_now fields
                 for codec in item_type.codecs:

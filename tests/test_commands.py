@@ -146,6 +146,42 @@ def test_concurrent_commands_produce_a_gap_free_log():
     assert all(txs[i] == txs[i + 1] for i in range(0, 16, 2))
 
 
+@pytest.mark.parametrize(
+    "second",
+    [
+        ("SetGadgets", {"items": [{"id": "g-same", "label": "second"}]}),  # bulk path
+        ("MakeGadgets", {"labels": ["same"]}),  # one ctx.set
+    ],
+    ids=["set_many", "set"],
+)
+def test_concurrent_sets_of_one_new_id_both_succeed_last_commit_wins(second):
+    """SELECT ... FOR UPDATE cannot lock a row that does not exist yet: the second insert
+    of the same id must become a replace, not a unique-key error."""
+    results: list = []
+    results_first: list = []
+    first = threading.Thread(
+        target=_in_thread,
+        args=(
+            results_first,
+            "SetGadgetsThenWait",
+            {"items": [{"id": "g-same", "label": "first"}], "wait": 0.5},
+        ),
+        kwargs={"tx": "first"},
+    )
+    first.start()
+    threading.Event().wait(0.15)  # the first has inserted and holds its transaction open
+    _in_thread(results, *second, tx="second")
+    first.join()
+    assert not isinstance(results_first[0], Exception), results_first
+    assert not isinstance(results[0], Exception), results
+    label = second[1]["items"][0]["label"] if "items" in second[1] else "same"
+    assert Gadget.objects.get(pk="g-same").label == label
+    assert [(e.tx, e.item["label"]) for e in Event.objects.order_by("position")] == [
+        ("first", "first"),
+        ("second", label),
+    ]
+
+
 def test_apply_batch_set_replaces_whole_item():
     apply_batch([Change("SET", "Gadget", {"id": "g", "label": "a", "count": 5})])
     apply_batch([Change("SET", "Gadget", {"id": "g", "label": "b"})], tx="x")

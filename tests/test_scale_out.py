@@ -209,3 +209,190 @@ async def test_redis_down_then_back_loses_nothing(daphne_workers, tmp_path):
     finally:
         redis.terminate()
         redis.wait()
+
+
+# ---- order against the log ---------------------------------------------------------------
+
+
+def log_positions() -> dict[tuple[str, str], int]:
+    """(item id, note) -> the position of the event that gave the item that state."""
+    try:
+        return {
+            (e.item_id, e.item["note"]): e.position
+            for e in Event.objects.filter(item_type="Gadget", change_type="SET")
+        }
+    finally:
+        connection.close()
+
+
+def final_state() -> dict[str, str]:
+    """Each Gadget's note as the log leaves it."""
+    try:
+        state: dict[str, str] = {}
+        for e in Event.objects.filter(item_type="Gadget").order_by("position"):
+            if e.change_type == "SET":
+                state[e.item_id] = e.item["note"]
+            else:
+                state.pop(e.item_id, None)
+        return state
+    finally:
+        connection.close()
+
+
+class Recorder(Watcher):
+    """Keeps every response so its diffs can be compared with the log afterwards."""
+
+    def __init__(self, ws, snapshot: dict) -> None:
+        super().__init__(ws)
+        self.messages = [snapshot]
+        for row in snapshot["upserts"]:
+            self.state[row["item"]["id"]] = row["item"]
+
+    async def until(self, predicate, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self.state):
+                data = json.loads(await self.ws.recv())["data"]
+                assert data["sequence"] == self.next_sequence, "sequence numbers out of order"
+                self.next_sequence += 1
+                self.messages.append(data)
+                for item_id in data["deletes"]:
+                    self.state.pop(item_id, None)
+                for row in data["upserts"]:
+                    self.state[row["item"]["id"]] = row["item"]
+
+    def notes(self) -> dict[str, str]:
+        return {item_id: item["note"] for item_id, item in self.state.items()}
+
+    def check_order(self, positions: dict[tuple[str, str], int]) -> None:
+        """Every state shown was committed, each once, and each message holds only states
+        newer than everything in the message before it (coalescing allowed, no reordering)."""
+        seen: set[tuple[str, str]] = set()
+        previous_max = 0
+        for data in self.messages[1:]:
+            states = [(row["item"]["id"], row["item"]["note"]) for row in data["upserts"]]
+            assert not seen & set(states), f"a state shown twice: {seen & set(states)}"
+            seen |= set(states)
+            found = [positions[s] for s in states]  # KeyError: a state the log never had
+            if found:
+                assert min(found) > previous_max, "a message showed an older state"
+                previous_max = max(found)
+
+
+async def record(url: str, tx: str = "q") -> Recorder:
+    ws = await websockets.connect(url, max_size=None)
+    await ws.send(
+        json.dumps(
+            {
+                "event": "ws:m:query",
+                "data": {
+                    "query": {"tx": tx},
+                    "queryId": "GetAllGadgets",
+                    "queryItemType": "Gadget",
+                },
+            }
+        )
+    )
+    first = json.loads(await ws.recv())["data"]
+    assert first["sequence"] == 0
+    return Recorder(ws, first)
+
+
+async def write_notes(url: str, writer: str, count: int, pause: float = 0.0) -> None:
+    """`count` commands, each setting an item of this writer's own and the shared one."""
+    async with websockets.connect(url) as ws:
+        for i in range(count):
+            items = [
+                {"id": f"{writer}-{i}", "label": "own", "note": f"{writer}-{i}"},
+                {"id": "shared", "label": "shared", "note": f"{writer}-{i}"},
+            ]
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "ws:m:command",
+                        "data": {
+                            "command": {"tx": f"{writer}-{i}", "items": items},
+                            "commandId": "SetGadgets",
+                        },
+                    }
+                )
+            )
+            reply = json.loads(await ws.recv())
+            assert reply["event"] == "ws:m:command-response", reply
+            if pause:
+                await asyncio.sleep(pause)
+
+
+async def test_concurrent_writers_on_every_worker_no_subscriber_misses_or_reorders(
+    daphne_workers,
+):
+    workers = daphne_workers(3, redis_url=redis_url())
+    recorders = [await record(w.url) for w in workers for _ in range(2)]
+    await asyncio.gather(*(write_notes(w.url, f"w{n}", 12) for n, w in enumerate(workers)))
+    expected = await sync_to_async(final_state)()
+    assert len(expected) == 3 * 12 + 1
+    positions = await sync_to_async(log_positions)()
+    for recorder in recorders:
+        await recorder.until(lambda state, r=recorder: r.notes() == expected)
+        recorder.check_order(positions)
+        await recorder.close()
+
+
+async def test_worker_started_late_loads_then_follows_without_gaps_or_doubles(daphne_workers):
+    """A worker that starts (or restarts) while writes go on: its snapshot is at a known
+    position and it follows from there; nothing between the two is missed or doubled."""
+    first, late = daphne_workers(2, redis_url=redis_url())
+    late.stop()  # it "starts late": down while the first writes begin
+    writing = asyncio.ensure_future(write_notes(first.url, "a", 40, pause=0.02))
+    await asyncio.sleep(0.3)
+    await sync_to_async(late.start)()
+    recorders = [await record(late.url, tx=f"late{i}") for i in range(2)]
+    await writing
+    await write_notes(late.url, "b", 5)
+    expected = await sync_to_async(final_state)()
+    positions = await sync_to_async(log_positions)()
+    for recorder in recorders:
+        await recorder.until(lambda state, r=recorder: r.notes() == expected)
+        recorder.check_order(positions)
+        # The snapshot was a committed state of the log, at one position.
+        snapshot = {
+            row["item"]["id"]: row["item"]["note"] for row in recorder.messages[0]["upserts"]
+        }
+        at = max((positions[s] for s in snapshot.items()), default=0)
+        assert all(positions[(item_id, note)] <= at for item_id, note in snapshot.items()), (
+            "snapshot mixes positions"
+        )
+        await recorder.close()
+
+
+async def test_python_client_reconnects_to_a_restarted_worker_with_a_fresh_snapshot(
+    daphne_workers,
+):
+    from myko_django.client import connect
+
+    writer_worker, reader_worker = daphne_workers(2, redis_url=redis_url())
+    await write_notes(writer_worker.url, "before", 3)
+    async with connect(reader_worker.url, "msgpack", backoff=(0.05, 0.5)) as client:
+        query = client.query("GetAllGadgets", "Gadget")
+        async with asyncio.timeout(15):
+            await query.ready()
+        tx = query.tx
+        reader_worker.kill()
+        async with asyncio.timeout(15):
+            while client.connected:
+                await asyncio.sleep(0.02)
+        await write_notes(writer_worker.url, "during", 3)
+        await sync_to_async(reader_worker.start)()
+        expected = await sync_to_async(final_state)()
+        async with asyncio.timeout(15):
+            async for items in query:
+                if {i: item["note"] for i, item in items.items()} == expected:
+                    break
+        assert client.reconnects == 1 and query.tx == tx
+        fresh = [r for r in query.responses if r["sequence"] == 0]
+        assert len(fresh) == 2 and fresh[-1]["tx"] == tx
+        await write_notes(writer_worker.url, "after", 2)
+        expected = await sync_to_async(final_state)()
+        async with asyncio.timeout(15):
+            async for items in query:
+                if {i: item["note"] for i, item in items.items()} == expected:
+                    break

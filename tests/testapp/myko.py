@@ -25,6 +25,14 @@ def set_gadgets(ctx, *, items: list[dict]) -> int:
     return ctx.set_many("Gadget", items)
 
 
+@command("SetGadgetsThenWait")
+def set_gadgets_then_wait(ctx, *, items: list[dict], wait: float) -> int:
+    """Holds its transaction open after writing, so another writer can race it."""
+    count = ctx.set_many("Gadget", items)
+    time.sleep(wait)
+    return count
+
+
 @command("SlowCount")
 def slow_count(ctx, *, label: str, wait: float = 0.0) -> int:
     Gadget.objects.create(label=label)
