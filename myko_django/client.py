@@ -11,7 +11,7 @@ import functools
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -321,7 +321,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         protocol: str = wire.MSGPACK,
         *,
         max_size: int | None = DEFAULT_MAX_SIZE,
@@ -332,7 +332,11 @@ class Client:
     ) -> None:
         if protocol not in (wire.JSON, wire.MSGPACK, wire.CBOR):
             raise ValueError(f"protocol must be 'json', 'msgpack' or 'cbor', not {protocol!r}")
-        self.url, self.protocol = url, protocol
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("connect() needs at least one URL")
+        self._url_index = 0
+        self.protocol = protocol
         self.reconnect, self.backoff = reconnect, backoff
         self.on_event_error = on_event_error
         self.event_errors: list[dict] = []
@@ -353,6 +357,11 @@ class Client:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "reconnecting"
         return f"<myko Client {self.url} {self.protocol} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The server this client talks to now (reconnects go round the URLs it was given)."""
+        return self.urls[self._url_index]
 
     @property
     def connected(self) -> bool:
@@ -472,6 +481,7 @@ class Client:
         delay = initial
         while True:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter spreads a herd
+            self._url_index = (self._url_index + 1) % len(self.urls)  # another worker first
             try:
                 ws = await ws_connect(self.url, **self._options)
             except Exception as exc:  # refused, timed out, 5xx while the server restarts...
@@ -716,7 +726,7 @@ class Connecting:
 
 
 def connect(
-    url: str,
+    url: str | Sequence[str],
     protocol: str = wire.MSGPACK,
     *,
     max_size: int | None = DEFAULT_MAX_SIZE,
@@ -726,7 +736,8 @@ def connect(
     **options: Any,
 ) -> Connecting:
     """Connect to a myko server: `client = await connect(url)` or
-    `async with connect(url) as client`. Extra options go to websockets' `connect`."""
+    `async with connect(url) as client`. With several URLs (workers of one deployment),
+    reconnects try the next one. Extra options go to websockets' `connect`."""
     return Connecting(
         Client(
             url,
