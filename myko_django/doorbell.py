@@ -21,6 +21,11 @@ from django.db import connections
 from . import conf
 from .engine import Event
 
+try:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+except ImportError:  # channels-redis is optional: without it there is no doorbell to close
+    RedisPubSubChannelLayer = ()
+
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "myko.events"
@@ -115,12 +120,20 @@ class Listener:
         try:
             await self._listen()
         finally:
+            await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """Close this private layer's Redis connections (never `flush()` the list-based
+        layer: that deletes every message and group under its prefix)."""
+        if isinstance(self.layer, RedisPubSubChannelLayer):
+            close = self.layer.flush  # pub/sub: forgets local state, closes connections
+        else:
             close = getattr(self.layer, "close_pools", None)
-            if close is not None:
-                try:
-                    await asyncio.shield(close())
-                except Exception:  # noqa: BLE001 - Redis may be down; nothing to keep
-                    pass
+        if close is not None:
+            try:
+                await asyncio.shield(close())
+            except Exception:  # noqa: BLE001 - Redis may be down; nothing to keep
+                pass
 
     async def _listen(self) -> None:
         channel = None

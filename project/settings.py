@@ -69,19 +69,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 
 # REDIS_URL selects channels-redis; without it the in-memory layer serves one process.
+# The layer is only the doorbell between workers (one member per worker process; the log
+# is the truth). Redis pub/sub carries it best: bench/doorbell_layers.py measured 9x the
+# send rate of the list-based RedisChannelLayer and ~1 ms instead of ~0.5 s p50 latency in
+# a burst; what it does not keep while a worker is away, the worker reads from the log.
+# MYKO_LAYER=core selects the list-based layer (tests use it with a tiny capacity).
 if os.environ.get("REDIS_URL"):
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # Only one hub per worker process reads its channel: a deep queue is cheap, and
-            # a message that still does not fit is repaired from the log.
-            "CONFIG": {
-                "hosts": [os.environ["REDIS_URL"]],
-                "capacity": int(os.environ.get("MYKO_LAYER_CAPACITY", "10000")),
-                "expiry": 60,
-            },
+    if os.environ.get("MYKO_LAYER", "pubsub") == "core":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": [os.environ["REDIS_URL"]],
+                    "capacity": int(os.environ.get("MYKO_LAYER_CAPACITY", "10000")),
+                    "expiry": 60,
+                },
+            }
         }
-    }
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
+            }
+        }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -122,7 +122,9 @@ async def send_commands(url: str, count: int, prefix: str) -> None:
 async def test_dropped_doorbell_messages_are_repaired_from_the_log(daphne_workers):
     """A layer that holds one message per channel drops most of a burst (channels-redis
     refuses sends to a full channel): subscribers still get every change, in order."""
-    workers = daphne_workers(2, redis_url=redis_url(), extra_env={"MYKO_LAYER_CAPACITY": "1"})
+    workers = daphne_workers(
+        2, redis_url=redis_url(), extra_env={"MYKO_LAYER": "core", "MYKO_LAYER_CAPACITY": "1"}
+    )
     watcher = await subscribe(workers[1].url)
     await asyncio.gather(*(send_commands(workers[0].url, 15, f"w{n}-") for n in range(3)))
     expected = {f"g-w{n}-{i}" for n in range(3) for i in range(15)}
@@ -395,3 +397,23 @@ async def test_python_client_reconnects_to_another_worker_with_a_fresh_snapshot(
             async for items in query:
                 if {i: item["note"] for i, item in items.items()} == expected:
                     break
+
+
+async def test_many_idle_connections_survive_a_quiet_period_then_all_get_the_update(
+    daphne_workers,
+):
+    """DESIGN.md: channels-redis once closed idle consumers (1011) when its blocking read
+    outlasted Redis' socket timeout (5 s), and capped its pool at 100 connections. Here 300
+    connections sit idle past that timeout, then one write from another worker reaches all."""
+    writer_worker, reader_worker = daphne_workers(
+        2,
+        redis_url=redis_url(),
+        extra_env={"MYKO_TEST_POLL_INTERVAL": "60"},  # doorbell only
+    )
+    watchers = [await subscribe(reader_worker.url, tx=f"idle{i}") for i in range(300)]
+    await asyncio.sleep(6.5)
+    await send_commands(writer_worker.url, 1, "wake")
+    for watcher in watchers:
+        await watcher.until(lambda state: set(state) == {"g-wake0"})
+    assert all(w.ws.close_code is None for w in watchers)
+    await asyncio.gather(*(w.close() for w in watchers))
