@@ -107,8 +107,10 @@ class Session:
         """Encode and queue one message; False (logged) if the format cannot carry it."""
         try:
             frame = wire.encode({"event": event, "data": data}, self.fmt)
-        except Exception:  # e.g. a user command returned something the format cannot carry
-            logger.exception("myko: connection %s: could not encode %s", self.id, event)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # NaN echoed to JSON, a 65-bit integer to MessagePack, a command's result that
+            # no format carries: the sender is told where it can be, nothing else breaks.
+            logger.warning("myko: connection %s: could not encode %s: %s", self.id, event, exc)
             return False
         self.send_frame(frame)
         return True

@@ -212,6 +212,32 @@ def test_event_batch_commits_valid_events_and_reports_each_invalid_one():
     assert last == Event.objects.latest("position").position == 2
 
 
+def test_event_the_database_refuses_is_dropped_alone():
+    """The batch runs without per-event savepoints until the database refuses an event
+    (here a NUL character, which Postgres text cannot hold); then only that event is lost."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite stores NUL characters in text")
+    last, rejected = apply_events(
+        [
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "a", "label": "ok"}},
+            {
+                "changeType": "SET",
+                "itemType": "Gadget",
+                "item": {"id": "b", "label": "a\x00b"},
+            },
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "c", "label": 1}},
+            {"changeType": "SET", "itemType": "Gadget", "item": {"id": "d", "label": "ok"}},
+        ]
+    )
+    assert [i for i, _, _ in rejected] == [1, 2]
+    assert "NUL" in rejected[0][2]
+    assert sorted(Gadget.objects.values_list("pk", flat=True)) == ["a", "d"]
+    assert list(Event.objects.values_list("item_id", flat=True)) == ["a", "d"]
+    assert last == 2
+
+
 def test_set_many_writes_the_same_events_as_one_by_one():
     owner = Owner.objects.create(id="o1", name="o")
     items = [{"id": f"g{i}", "label": f"l{i}", "count": i, "ownerId": "o1"} for i in range(5)]
