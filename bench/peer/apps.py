@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class BenchPeerConfig(AppConfig):
+    name = "bench.peer"
+    label = "benchpeer"

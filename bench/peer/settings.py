@@ -1,0 +1,35 @@
+"""Settings of every fan-out benchmark server: the demo project plus the bench app.
+
+The peer (djangochannelsrestframework) needs a channel layer for its consumers, so the
+"default" layer is channels-redis' RedisChannelLayer with its defaults, as a Django team
+would configure it; myko's workers ring each other on a pub/sub alias of their own
+(README: point MYKO["CHANNEL_LAYER"] at a pub/sub alias) and its connections never join a
+layer.
+"""
+
+import os
+
+from project.settings import *  # noqa: F403
+from project.settings import INSTALLED_APPS
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+INSTALLED_APPS = [*INSTALLED_APPS, "rest_framework", "bench.peer"]
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "mykobench"},
+    },
+    "myko": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "mykobench"},
+    },
+}
+
+MYKO = {"CHANNEL_LAYER": "myko"}
+
+# A served project keeps its database connections (the demo's conn_max_age=0 opens a new
+# Postgres connection for every command: a backend fork per write).
+DATABASES["default"]["CONN_MAX_AGE"] = 600  # noqa: F405
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # noqa: F405
