@@ -7,6 +7,7 @@ the hub does) and skips the per-message thread hop of `AsyncConsumer.dispatch`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,8 @@ from .runtime import get_runtime
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
+# Where ServerSend keeps the server's own `send` in the scope.
+SERVER_SEND = "myko.server_send"
 
 
 class MykoConsumer:
@@ -38,15 +41,14 @@ class MykoConsumer:
         if message["type"] != "websocket.connect":
             return
         runtime = await get_runtime()
-        outbox: asyncio.Queue = asyncio.Queue()
+        outbox = Outbox(scope.get(SERVER_SEND) or send)
         session = Session(
             runtime,
-            outbox.put_nowait,
+            outbox.put,
             user=scope.get("user"),
             address=tuple(scope.get("server") or ("", 0)),
         )
         await send({"type": "websocket.accept"})
-        writer = asyncio.create_task(self._write(outbox, send))
         limit = conf.get("MAX_MESSAGE_SIZE")
         try:
             while True:
@@ -73,17 +75,85 @@ class MykoConsumer:
                     await session.receive_bytes(data)
         finally:
             await session.close()
-            writer.cancel()
+            outbox.close()
 
-    @staticmethod
-    async def _write(outbox: asyncio.Queue, send: Any) -> None:
+
+def _frame_message(frame: str | bytes) -> dict:
+    if isinstance(frame, str):
+        return {"type": "websocket.send", "text": frame}
+    return {"type": "websocket.send", "bytes": frame}
+
+
+class Outbox:
+    """The frames of one connection, sent in order without a task switch per frame.
+
+    A fan-out sends one frame to each of thousands of connections per batch; waking a
+    writer task per frame cost more than the frame. daphne's `send` completes without
+    suspending (it hands the frame to Twisted), so `put` steps the send coroutine once on
+    the spot. Only a send that does suspend (a server applying backpressure) gets a task,
+    which finishes it and then sends, in order, whatever was put meanwhile. Nothing keeps
+    a frame once it is sent (an idle connection holds no old snapshot).
+    """
+
+    __slots__ = ("send", "queue", "task")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.queue: collections.deque[str | bytes] = collections.deque()
+        self.task: asyncio.Task | None = None
+
+    def put(self, frame: str | bytes) -> None:
+        if self.task is not None:
+            self.queue.append(frame)
+            return
+        coroutine = self.send(_frame_message(frame))
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:  # one unsendable frame must not silence the connection
+            logger.exception("myko: sending a %d-byte frame failed", len(frame))
+            return
+        self.task = asyncio.get_running_loop().create_task(self._finish(coroutine, waiting_on))
+
+    async def _finish(self, coroutine: Any, waiting_on: Any) -> None:
+        try:
+            await _drive(coroutine, waiting_on)
+            while self.queue:
+                message = _frame_message(self.queue.popleft())
+                try:
+                    await self.send(message)
+                except Exception:
+                    logger.exception("myko: sending a frame failed")
+                message = None
+        finally:
+            self.task = None
+
+    def close(self) -> None:
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _drive(coroutine: Any, waiting_on: Any) -> None:
+    """Run a coroutine that was stepped by hand and suspended on `waiting_on` to its end,
+    resuming it as a Task would: after the future it waits on is done (asyncio coroutines
+    yield futures, or None to yield the loop)."""
+    try:
         while True:
-            frame = await outbox.get()
-            key = "text" if isinstance(frame, str) else "bytes"
-            try:
-                await send({"type": "websocket.send", key: frame})
-            except Exception:  # one unsendable frame must not silence the connection
-                logger.exception("myko: sending a %d-byte frame failed", len(frame))
+            if waiting_on is None:
+                await asyncio.sleep(0)
+            else:
+                waiting_on._asyncio_future_blocking = False
+                await asyncio.wait((waiting_on,))
+            waiting_on = coroutine.send(None)
+    except StopIteration:
+        return
+    except asyncio.CancelledError:
+        coroutine.close()
+        raise
+    except Exception:
+        logger.exception("myko: sending a frame failed")
 
 
 def _size(text: str | None, data: bytes | None) -> int:
@@ -120,3 +190,19 @@ class OriginValidator:
             ["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else []
         )
         return bool(domain) and validate_host(domain, hosts)
+
+
+class ServerSend:
+    """Outermost middleware: keeps the ASGI server's own `send` in the scope.
+
+    Channels' session middleware wraps `send` to save the session on HTTP responses; for a
+    WebSocket frame it only reads two lazy session attributes, but it does so per frame,
+    which cost more than the rest of our send path. The consumer sends its frames through
+    the server's `send` and everything else (accept, close) through the stack.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        return await self.app({**scope, SERVER_SEND: send}, receive, send)

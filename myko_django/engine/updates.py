@@ -35,22 +35,23 @@ class SharedItems:
     """Items of one outgoing upsert list, shared by every subscriber that receives them.
 
     Treat as immutable. `cache` is for the transport, e.g. the items encoded once per format.
+    A live result keeps its SharedItems for later subscribers, so it holds nothing more
+    than the items (the store's own dicts) and their encodings.
     """
 
-    __slots__ = ("item_type", "items", "cache", "_wire")
+    __slots__ = ("item_type", "items", "cache")
 
     def __init__(self, item_type: str, items: tuple[dict, ...]) -> None:
         self.item_type = item_type
         self.items = items
         self.cache: dict[Any, Any] = {}
-        self._wire: list[dict] | None = None
 
     def wire(self) -> list[dict]:
-        """The `upserts` array of PROTOCOL §3.2 (built once, shared: do not mutate)."""
-        if self._wire is None:
-            t = self.item_type
-            self._wire = [{"item": it, "itemType": t} for it in self.items]
-        return self._wire
+        """The `upserts` array of PROTOCOL §3.2, built anew on each call (not kept: the
+        wrapper dicts would double a kept snapshot's memory; the transport keeps the
+        encoded form in `cache`)."""
+        t = self.item_type
+        return [{"item": it, "itemType": t} for it in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
