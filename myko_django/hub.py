@@ -42,7 +42,8 @@ def read_snapshot(item_type: str, using: str = "default") -> Snapshot:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         position = eventlog.high_water(using)
-        items = [it.encode(row) for row in it.model._base_manager.using(using).iterator(2000)]
+        rows = it.model._base_manager.using(using).values_list(*it.attnames)
+        items = list(it.encode_values(rows.iterator(chunk_size=2000)))
     return Snapshot(it.name, items, position)
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 import decimal
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,16 @@ class FieldCodec:
     @property
     def attname(self) -> str:
         return self.field.attname
+
+    @property
+    def plain(self) -> bool:
+        """Whether `encode` returns every non-null database value unchanged."""
+        if self.kind in ("str", "int", "bool", "json"):
+            return True
+        if self.kind in ("id", "fk"):
+            target = self.field.target_field if self.kind == "fk" else self.field
+            return isinstance(target, (models.CharField, models.TextField))
+        return False
 
     def encode(self, value: Any) -> Any:
         if value is None:
@@ -249,6 +259,23 @@ class ItemType:
 
     def encode(self, instance: models.Model) -> dict[str, Any]:
         return {c.wire: c.encode(getattr(instance, c.attname)) for c in self.codecs}
+
+    @property
+    def attnames(self) -> list[str]:
+        """The columns `encode_values` takes, in order (for `values_list`)."""
+        return [c.attname for c in self.codecs]
+
+    def encode_values(self, rows: Iterable[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+        """`encode` for rows of `values_list(*attnames)`: no model instance per row, and
+        fields whose database value is already the wire value are not touched (loading a
+        store of 100,000 items spent most of its time building model instances)."""
+        wires = tuple(c.wire for c in self.codecs)
+        convert = [(i, c.wire, c.encode) for i, c in enumerate(self.codecs) if not c.plain]
+        for row in rows:
+            item = dict(zip(wires, row, strict=True))
+            for i, wire, encode in convert:
+                item[wire] = encode(row[i])
+            yield item
 
     def wire_id(self, pk: Any) -> str:
         return str(pk)
