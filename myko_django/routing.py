@@ -3,7 +3,7 @@
 from channels.auth import AuthMiddlewareStack
 from django.urls import path
 
-from .consumer import MykoConsumer, OriginValidator
+from .consumer import MykoConsumer, OriginValidator, ServerSend
 
 websocket_urlpatterns = [
     path("myko", MykoConsumer.as_asgi()),
@@ -12,7 +12,8 @@ websocket_urlpatterns = [
 
 
 def websocket_application():
-    """/myko and / with Django auth and our origin check."""
+    """/myko and / with Django auth and our origin check (frames bypass the session
+    middleware's send wrapper: see consumer.ServerSend)."""
     from channels.routing import URLRouter
 
-    return OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+    return ServerSend(OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))))
