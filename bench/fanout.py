@@ -51,7 +51,8 @@ for _p in (str(ROOT), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-DB_NAME = "mykobench_fanout"
+# MYKO_BENCH_FANOUT_DB: another database (and Redis prefix) for a second run at once.
+DB_NAME = os.environ.get("MYKO_BENCH_FANOUT_DB", "mykobench_fanout")
 PG = os.environ.get("MYKO_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 DATABASE_URL = f"{PG}/{DB_NAME}"
 REDIS_URL = os.environ.get("MYKO_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -170,6 +171,7 @@ class Server:
             "REDIS_URL": REDIS_URL,
             "DJANGO_SETTINGS_MODULE": SETTINGS,
             "DJANGO_DEBUG": "0",
+            "MYKO_BENCH_LAYER_PREFIX": DB_NAME,
         }
         for n, port in enumerate(self.ports):
             cmd = [sys.executable]
@@ -430,7 +432,7 @@ class Plan:
                 rates=[10, 100],
                 duration=2.0,
                 ramp_sizes=[100],
-                ramp_rates=[50, 200, 800],
+                ramp_rates=[10, 50, 200, 800],
                 ramp_duration=1.5,
                 processes=2,
             )

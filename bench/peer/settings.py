@@ -13,23 +13,20 @@ from project.settings import *  # noqa: F403
 from project.settings import INSTALLED_APPS
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The peer's groups are named by category alone: two runs sharing a Redis keep apart.
+PREFIX = os.environ.get("MYKO_BENCH_LAYER_PREFIX", "mykobench")
 
 INSTALLED_APPS = [*INSTALLED_APPS, "rest_framework", "bench.peer"]
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "mykobench"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": PREFIX},
     },
     "myko": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "mykobench"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": PREFIX},
     },
 }
 
 MYKO = {"CHANNEL_LAYER": "myko"}
-
-# A served project keeps its database connections (the demo's conn_max_age=0 opens a new
-# Postgres connection for every command: a backend fork per write).
-DATABASES["default"]["CONN_MAX_AGE"] = 600  # noqa: F405
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # noqa: F405
