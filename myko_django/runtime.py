@@ -9,10 +9,12 @@ come back to the loop with `call_soon_threadsafe`; the engine is touched only on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,6 +62,39 @@ def _high_water_once() -> int:
         connections.close_all()  # a throwaway thread: leave no connection behind
 
 
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Once per process, when the first runtime starts: collect, then move everything that
+    exists (Django, the project's modules, settings: objects that live as long as the
+    process) out of the cyclic GC's reach. A full collection walks every tracked object;
+    with them it paused a worker serving 1,000 subscribers for 110-180 ms, without them
+    for 20-80 ms."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while a batch is applied and its frames sent: one update per subscriber
+    lives until the batch is out, a collection in between promoted thousands of them, and
+    the full collections that followed (150-180 ms with 1,000 subscribers) were the
+    latency tail. What the batch allocated is freed by reference counting before the GC
+    runs again; only the pause is skipped, not the collection."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _read_log(after: int, upto: int) -> list[Event]:
     return list(eventlog.read(after, upto))
 
@@ -87,6 +122,7 @@ class Runtime:
     async def start(cls) -> Runtime:
         loop = asyncio.get_running_loop()
         position = await loop.run_in_executor(None, _high_water_once)
+        _freeze_startup_objects()
         return cls(loop, Hub(position=position))
 
     def close(self) -> None:
@@ -165,7 +201,8 @@ class Runtime:
             self._unrung = []
         if self._inbox:
             events, self._inbox = self._inbox, []
-            self.deliver(self.hub.offer(events))
+            with _gc_paused():
+                self.deliver(self.hub.offer(events))
         if self.hub.gap() is not None and not self._repairing:
             self._repairing = True
             self.loop.create_task(self._repair())
@@ -175,7 +212,8 @@ class Runtime:
             while (gap := self.hub.gap()) is not None:
                 after, upto = gap
                 events = await self.db(_read_log, after, upto)
-                self.deliver(self.hub.offer(events))
+                with _gc_paused():
+                    self.deliver(self.hub.offer(events))
         except Exception:
             logger.exception("myko: reading the event log to fill a gap failed")
         finally:
@@ -203,7 +241,8 @@ class Runtime:
         while self.hub.applied < position:
             after = self.hub.applied
             events = await self.db(_read_log, after, position)
-            self.deliver(self.hub.offer(events))
+            with _gc_paused():
+                self.deliver(self.hub.offer(events))
 
     async def ensure_store(self, item_type: str) -> None:
         """Load a store once, off the loop; concurrent subscribers wait for the same load."""
