@@ -199,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: dict[str, Any] = {}
+    command = " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])])
     for name in names:
         print(f"== {name}{' (quick)' if args.quick else ''} ==", flush=True)
         results[name] = run_module(name, args.quick)
         if "error" in results[name]:
             print(f"!! {name} failed: {results[name]['error']}", flush=True)
+        print(table(results[name]["rows"]), flush=True)
+        _write(args.json, command, args.quick, machine, results)  # kept if a later one hangs
     rows = [r for res in results.values() for r in res["rows"]]
     print()
     print(table(rows))
@@ -219,20 +222,24 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, res in results.items() if "error" in res]
     summary = f"{sum(1 for r in rows if r.get('met'))} targets met, {len(missed)} missed"
     print(summary + (f"; failed workloads: {', '.join(failed)}" if failed else ""))
+    _write(args.json, command, args.quick, machine, results)
+    print(f"results: {args.json}")
+    return 1 if failed else 0
+
+
+def _write(path: str, command: str, quick: bool, machine: dict, results: dict) -> None:
     document = {
-        "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
+        "quick": quick,
         "machine": machine,
         "workloads": {
             n: {k: v for k, v in res.items() if k != "rows"} for n, res in results.items()
         },
-        "rows": rows,
+        "rows": [r for res in results.values() for r in res["rows"]],
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-    print(f"results: {args.json}")
-    return 1 if failed else 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":
