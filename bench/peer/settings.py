@@ -30,3 +30,27 @@ CHANNEL_LAYERS = {
 }
 
 MYKO = {"CHANNEL_LAYER": "myko"}
+
+if os.environ.get("MYKO_BENCH_GC_LOG"):
+    # Diagnostics (bench/fanout.py --gc-log): every cyclic GC pause over 5 ms goes to the
+    # daphne log with its wall-clock time, to line it up with latency tails.
+    import gc
+    import sys
+    import time
+
+    _gc_started = [0.0]
+
+    def _log_gc_pause(phase: str, info: dict) -> None:
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - _gc_started[0]
+        if pause > 0.005:
+            generation = info["generation"]
+            print(
+                f"GC {time.time():.3f} gen{generation} {pause * 1000:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    gc.callbacks.append(_log_gc_pause)
