@@ -11,7 +11,7 @@ The Hub does no locking of its own: callers serialize `receive`, `install` and `
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.db import connections, transaction
@@ -45,6 +45,19 @@ def read_snapshot(item_type: str, using: str = "default") -> Snapshot:
         rows = it.model._base_manager.using(using).values_list(*it.attnames)
         items = list(it.encode_values(rows.iterator(chunk_size=2000)))
     return Snapshot(it.name, items, position)
+
+
+class NeedsLog(Exception):
+    """A store install must first read the log's events in (after, upto] of its type."""
+
+    def __init__(self, after: int, upto: int) -> None:
+        super().__init__(after, upto)
+        self.after, self.upto = after, upto
+
+
+def read_missed(item_type: str, after: int, upto: int, using: str = "default") -> list[Event]:
+    """The events of one type in (after, upto], for an install (blocking I/O)."""
+    return list(eventlog.read(after, upto, item_type=item_type, using=using))
 
 
 class Hub:
@@ -95,32 +108,38 @@ class Hub:
         self._read_log(upto=None)
         return self._drain()
 
-    def install(self, snapshot: Snapshot) -> list[Update]:
-        """Load a store read by `read_snapshot`, replaying what the hub applied since."""
+    def install(self, snapshot: Snapshot, read: Sequence[Event] = ()) -> list[Update]:
+        """Load a store read by `read_snapshot`, replaying what the hub applied since.
+
+        The replay comes from the hub's recent history; where that does not reach back far
+        enough it raises NeedsLog, and the caller reads those events (off the event loop)
+        and calls again with them as `read` (no I/O here).
+        """
         if self.engine.has_store(snapshot.item_type):
             return []
+        start = max(snapshot.position, read[-1].position if read else 0)
+        if start < self.applied and not (self._history and self._history[0].position <= start + 1):
+            raise NeedsLog(start, self.applied)
+        missed = [e for e in read if e.position > snapshot.position]
+        missed += [
+            e
+            for e in self._history
+            if start < e.position <= self.applied and e.item_type == snapshot.item_type
+        ]
         self.engine.load_store(snapshot.item_type, snapshot.items, snapshot.position)
-        if snapshot.position >= self.applied:
-            return []
-        if self._history and self._history[0].position <= snapshot.position + 1:
-            missed = [
-                e
-                for e in self._history
-                if e.position > snapshot.position and e.item_type == snapshot.item_type
-            ]
-        else:
-            missed = list(
-                eventlog.read(
-                    snapshot.position, self.applied, item_type=snapshot.item_type, using=self.using
-                )
-            )
         return self.engine.apply(missed)
 
     def ensure_store(self, item_type: str) -> list[Update]:
         """Synchronous load (tests, management commands); the server loads off-loop."""
         if self.engine.has_store(item_type):
             return []
-        return self.install(read_snapshot(item_type, self.using))
+        snapshot = read_snapshot(item_type, self.using)
+        read: list[Event] = []
+        while True:
+            try:
+                return self.install(snapshot, read)
+            except NeedsLog as need:
+                read += read_missed(item_type, need.after, need.upto, self.using)
 
     def _read_log(self, upto: int | None) -> None:
         for event in eventlog.read(self.applied, upto, using=self.using):

@@ -22,7 +22,7 @@ from django.db import close_old_connections, connections
 
 from . import conf, doorbell, eventlog, publish
 from .engine import Event, Update
-from .hub import Hub, read_snapshot
+from .hub import Hub, NeedsLog, read_missed, read_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +254,13 @@ class Runtime:
             self._loading[item_type] = future
             try:
                 snapshot = await self.db(read_snapshot, item_type)
-                if not self.engine.has_store(item_type):
-                    self.deliver(self.hub.install(snapshot))
+                read: list[Event] = []
+                while True:
+                    try:
+                        self.deliver(self.hub.install(snapshot, read))
+                        break
+                    except NeedsLog as need:  # more applied meanwhile than history keeps
+                        read += await self.db(read_missed, item_type, need.after, need.upto)
                 future.set_result(None)
             except BaseException as exc:
                 future.set_exception(exc)

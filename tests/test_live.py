@@ -154,3 +154,25 @@ def test_store_loaded_behind_the_hub_replays_what_it_missed():
     hub.poll()  # the hub applies it before the store exists
     hub.install(snapshot)
     assert hub.engine.items("Target")[t.pk]["name"] == "b"
+
+
+def test_store_loaded_further_behind_than_history_reads_the_gap_from_the_log():
+    """The hub keeps recent events only; an install that needs older ones asks for a log
+    read (so the server can do it off its event loop) and finishes with what was read."""
+    import collections
+
+    from myko_django.hub import NeedsLog, read_missed, read_snapshot
+
+    hub = Hub()
+    hub._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
+    t = Target.objects.create(name="a")
+    snapshot = read_snapshot("Target")
+    for name in ("b", "c", "d"):
+        Target.objects.filter(pk=t.pk).update(name=name)
+    hub.poll()
+    with pytest.raises(NeedsLog) as need:
+        hub.install(snapshot)
+    assert (need.value.after, need.value.upto) == (snapshot.position, hub.applied)
+    read = read_missed("Target", need.value.after, need.value.upto)
+    hub.install(snapshot, read)
+    assert hub.engine.items("Target")[t.pk]["name"] == "d"
