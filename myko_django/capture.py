@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import models, router
+from django.db import models, router, transaction
 from django.db.models import signals
 
 from . import eventlog, publish
@@ -30,6 +30,7 @@ class WriteContext:
     tx: str | None = None
     source_id: str | None = None
     last_position: int = 0
+    defer_using: str | None = None  # the database whose events wait for the commit
 
 
 _context: contextvars.ContextVar[WriteContext | None] = contextvars.ContextVar(
@@ -53,8 +54,35 @@ def write_context(tx: str | None = None, source_id: str | None = None) -> Iterat
         _context.reset(token)
 
 
+@contextmanager
+def write_transaction(
+    tx: str | None = None, source_id: str | None = None, using: str = "default"
+) -> Iterator[WriteContext]:
+    """One transaction whose events are appended last, just before it commits.
+
+    The log's position counter stays locked from the append to the commit (eventlog.py),
+    so appending as each write happens would hold every other writer back for the rest
+    of, say, a command's handler. Writes inside are captured as they happen and appended
+    together at the end (DESIGN.md "Positions")."""
+    with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+        owner = ctx.defer_using is None
+        if owner:
+            ctx.defer_using = using
+        try:
+            yield ctx
+            if owner:
+                last = eventlog.append_deferred(tx=ctx.tx, source_id=ctx.source_id, using=using)
+                ctx.last_position = max(ctx.last_position, last)
+        finally:
+            if owner:
+                ctx.defer_using = None
+
+
 def _append(pending: list[eventlog.Pending], using: str) -> None:
     ctx = _context.get()
+    if ctx is not None and ctx.defer_using == using:
+        eventlog.defer(pending, using)
+        return
     last = eventlog.append(
         pending,
         tx=ctx.tx if ctx else None,

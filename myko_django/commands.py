@@ -12,7 +12,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from . import conf
-from .capture import write_context
+from .capture import write_transaction
 from .models import CommandResult
 from .operations import OperationError, resolve_command
 from .registry import ItemError, registry
@@ -121,7 +121,7 @@ def run_command(
         raise CommandError(f'{command_id}: "tx" must be a non-empty string')
     user_key = _user_key(user)
     try:
-        with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+        with write_transaction(tx, source_id, using) as ctx:
             claim = _claim(command_id, tx, user_key, using)
             if isinstance(claim, Outcome):
                 return claim

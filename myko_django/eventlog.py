@@ -48,6 +48,60 @@ def append(
     """
     if not pending:
         return 0
+    last, committed = _insert(pending, tx, source_id, using)
+    transaction.on_commit(functools.partial(publish.committed, committed), using=using)
+    return last
+
+
+class _Deferred:
+    """Events captured in a transaction that appends them just before it commits.
+
+    Registered with `on_commit` from the start: Django drops the registration when the
+    savepoint it was made in rolls back, so `append_deferred` finds only what survived.
+    After commit it publishes its events, positions filled in by then.
+    """
+
+    __slots__ = ("pending", "committed")
+
+    def __init__(self, pending: Sequence[Pending]) -> None:
+        self.pending = pending
+        self.committed: list | None = None
+
+    def __call__(self) -> None:
+        if self.committed:
+            publish.committed(self.committed)
+
+
+def defer(pending: Sequence[Pending], using: str = "default") -> None:
+    """Keep events for `append_deferred` at the end of the current transaction."""
+    if not connections[using].in_atomic_block:
+        raise RuntimeError("myko: events must be appended inside a transaction")
+    transaction.on_commit(_Deferred(pending), using=using)
+
+
+def append_deferred(*, tx: str | None, source_id: str | None, using: str = "default") -> int:
+    """Append, in capture order, every deferred event of this transaction not rolled back;
+    the last step before commit, so the position lock is held only from here to commit."""
+    batches = [
+        entry[1]
+        for entry in connections[using].run_on_commit
+        if isinstance(entry[1], _Deferred) and entry[1].committed is None
+    ]
+    pending = [p for batch in batches for p in batch.pending]
+    if not pending:
+        return 0
+    last, committed = _insert(pending, tx, source_id, using)
+    start = 0
+    for batch in batches:
+        batch.committed = committed[start : start + len(batch.pending)]
+        start += len(batch.pending)
+    return last
+
+
+def _insert(
+    pending: Sequence[Pending], tx: str | None, source_id: str | None, using: str
+) -> tuple[int, list]:
+    """Take the next positions (locking the counter until commit) and insert the rows."""
     connection = connections[using]
     if not connection.in_atomic_block:
         raise RuntimeError("myko: events must be appended inside a transaction")
@@ -86,8 +140,7 @@ def append(
         )
         for i, p in enumerate(pending)
     ]
-    transaction.on_commit(functools.partial(publish.committed, committed), using=using)
-    return last
+    return last, committed
 
 
 def high_water(using: str = "default") -> int:

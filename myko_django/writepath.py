@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
 
-from .capture import write_context
+from .capture import write_transaction
 from .registry import ItemError, registry
 
 
@@ -140,7 +140,7 @@ def apply_batch(
 ) -> int:
     """All changes in one transaction, in order; any error rolls back all. Returns the last
     position appended (0 when nothing changed)."""
-    with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+    with write_transaction(tx, source_id, using) as ctx:
         for change in changes:
             apply(change, using=using)
     return ctx.last_position
@@ -160,7 +160,7 @@ def apply_events(
     down); only when the database itself refuses an event is the batch redone with one
     savepoint each, so that event alone is dropped.
     """
-    with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
+    with write_transaction(tx, source_id, using) as ctx:
         try:
             with transaction.atomic(using=using):
                 rejected = _apply_each(events, using, savepoints=False)

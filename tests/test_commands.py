@@ -2,6 +2,7 @@
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 from django.db import connections
@@ -180,6 +181,48 @@ def test_concurrent_sets_of_one_new_id_both_succeed_last_commit_wins(second):
         ("first", "first"),
         ("second", label),
     ]
+
+
+def test_a_long_command_does_not_hold_other_writers_back():
+    """Events are appended at the end of a command's transaction, so the log's position
+    lock is not held while its handler runs: a quick command started meanwhile commits
+    first and takes the lower position."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serializes every writing transaction")
+    slow_results: list = []
+    slow = threading.Thread(
+        target=_in_thread,
+        args=(
+            slow_results,
+            "SetGadgetsThenWait",
+            {"items": [{"id": "g-slow", "label": "slow"}], "wait": 1.0},
+        ),
+        kwargs={"tx": "slow"},
+    )
+    slow.start()
+    threading.Event().wait(0.2)  # the slow command has written its row and is waiting
+    started = time.monotonic()
+    quick = run_command("MakeGadgets", {"labels": ["quick"]}, tx="quick")
+    took = time.monotonic() - started
+    slow.join()
+    assert took < 0.6, f"the quick command waited {took:.2f}s for the slow one"
+    assert [e.tx for e in Event.objects.order_by("position")] == ["quick", "slow"]
+    assert quick.position == 1 and slow_results[0].position == 2
+
+
+def test_a_rolled_back_savepoint_inside_a_command_leaves_no_event(published):
+    """Events wait for the end of the command; those of a savepoint that rolled back in
+    the meantime are dropped with it."""
+    out = run_command("PartlyRolledBack", {}, tx="p")
+    assert [(e.position, e.item_id) for e in Event.objects.order_by("position")] == [
+        (1, "g-kept"),
+        (2, "g-after"),
+    ]
+    assert sorted(Gadget.objects.values_list("pk", flat=True)) == ["g-after", "g-kept"]
+    assert [e.item_id for batch in published for e in batch] == ["g-kept", "g-after"]
+    assert out.position == 2
 
 
 def test_apply_batch_set_replaces_whole_item():

@@ -3,6 +3,8 @@
 import threading
 import time
 
+from django.db import transaction
+
 from myko_django.operations import command, query, report
 
 from .models import Gadget
@@ -31,6 +33,19 @@ def set_gadgets_then_wait(ctx, *, items: list[dict], wait: float) -> int:
     count = ctx.set_many("Gadget", items)
     time.sleep(wait)
     return count
+
+
+@command("PartlyRolledBack")
+def partly_rolled_back(ctx) -> None:
+    """Writes in a savepoint the handler rolls back must leave no event."""
+    ctx.set("Gadget", {"id": "g-kept", "label": "kept"})
+    try:
+        with transaction.atomic():
+            ctx.set("Gadget", {"id": "g-dropped", "label": "dropped"})
+            raise ValueError("changed my mind")
+    except ValueError:
+        pass
+    ctx.set("Gadget", {"id": "g-after", "label": "after"})
 
 
 @command("SlowCount")
