@@ -30,7 +30,6 @@ from websockets.uri import parse_uri
 
 MAX_SIZE = 16 * 1024 * 1024
 OPEN_PARALLEL = 50
-DEBUG: list | None = [] if __import__("os").environ.get("BENCH_DEBUG") else None
 
 
 class Socket(asyncio.Protocol):
@@ -180,8 +179,6 @@ class Subscriber:
             self.dups += 1
         else:
             self.reordered += 1
-        if DEBUG is not None:
-            DEBUG.append((self.index, item_id, seq, now))
 
     def new_step(self) -> None:
         for st in self.state.values():
@@ -312,12 +309,6 @@ class ClientProcess:
 
     async def do_close(self) -> None:
         self._close()
-        if DEBUG is not None:
-            import os
-
-            with open(f"/tmp/mb/debug-{os.getpid()}.txt", "w") as f:
-                for row in DEBUG:
-                    f.write(" ".join(map(str, row)) + "\n")
 
     # -- subscribing and receiving -------------------------------------------------------
 
