@@ -809,7 +809,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
     def ratio(a: float | None, b: float | None) -> float | None:
         if a is None or b is None or b == 0:
             return None
-        return round(a / b, 2)
+        return round(a / b, 2) if a / b >= 0.1 else round(a / b, 4)
 
     for (server, s, mode, rate), r in sorted(steps.items(), key=lambda kv: str(kv[0])):
         if server != "myko":
