@@ -152,16 +152,61 @@ def _pack(value: Any, fmt: str) -> bytes:
     return msgpack.packb(value, use_bin_type=True) if fmt == MSGPACK else cbor2.dumps(value)
 
 
-_prefixes: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+def _json_str(s: str) -> str:
+    """A JSON string; a plain ASCII one (as every tx the clients make) needs no escaping."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    return _dumps(s)
 
 
-def _binary_prefix(event: str, fmt: str) -> tuple[bytes, bytes]:
-    """(outer map header + "event" + event + "data" key, the "upserts" key), per format."""
-    found = _prefixes.get((event, fmt))
-    if found is None:
-        outer = _map_header(2, fmt) + _pack("event", fmt) + _pack(event, fmt) + _pack("data", fmt)
-        found = _prefixes[(event, fmt)] = (outer, _pack("upserts", fmt))
-    return found
+def _shared_part(update: QueryUpdate, fmt: str, event: str) -> tuple[Any, Any]:
+    """(everything before the tx value, everything from `deletes` to the upserts key): the
+    same for every subscriber of one live result in one batch, so encoded once and kept
+    with the shared items. Keyed by the identity of the shared `deletes`/`window`/`changes`
+    (the entry holds them, so an id cannot be reused while it is cached)."""
+    deletes, window, changes = update.deletes, update.window, update.changes
+    key = (
+        "part",
+        fmt,
+        event,
+        update.total_count,
+        id(deletes) if deletes else 0,
+        id(window) if window is not None else 0,
+        id(changes) if changes is not None else 0,
+    )
+    cache = update.upserts.cache
+    entry = cache.get(key)
+    if (
+        entry is not None
+        and (entry[0] is deletes or not deletes)
+        and entry[1] is window
+        and entry[2] is changes
+    ):
+        return entry[3]
+    fields: list[tuple[str, Any]] = [("deletes", deletes), ("totalCount", update.total_count)]
+    if window is not None:
+        fields.append(("window", window))
+    if changes is not None:
+        fields.append(("changes", changes))
+    if fmt == JSON:
+        head: Any = f'{{"event":{_dumps(event)},"data":{{"tx":'
+        tail: Any = "".join(f",{_dumps(k)}:{_dumps(v)}" for k, v in fields) + ',"upserts":'
+    else:
+        head = (
+            _map_header(2, fmt)
+            + _pack("event", fmt)
+            + _pack(event, fmt)
+            + _pack("data", fmt)
+            + _map_header(len(fields) + 3, fmt)
+            + _pack("tx", fmt)
+        )
+        tail = b"".join(_pack(k, fmt) + _pack(v, fmt) for k, v in fields) + _pack("upserts", fmt)
+    part = (head, tail)
+    cache[key] = (deletes if deletes else None, window, changes, part)
+    return part
+
+
+_SEQUENCE_KEY = {MSGPACK: msgpack.packb("sequence"), CBOR: cbor2.dumps("sequence")}
 
 
 def encode_query_response(
@@ -169,24 +214,38 @@ def encode_query_response(
 ) -> str | bytes:
     """A query (or view) response with the shared upserts spliced in already encoded.
 
-    The small per-subscription fields are encoded in one call and the items appended as
-    they are (this runs once per receiving connection, so it stays a handful of calls)."""
-    data: dict[str, Any] = {
-        "tx": update.tx,
-        "sequence": update.sequence,
-        "deletes": update.deletes,
-        "totalCount": update.total_count,
-    }
-    if update.window is not None:
-        data["window"] = update.window
-    if update.changes is not None:
-        data["changes"] = update.changes
+    This runs once per receiving connection: all but `tx` and `sequence` is encoded once
+    per batch (`_shared_part`), so a subscriber's message is one join."""
     upserts = _upserts(update, fmt)
+    head, tail = _shared_part(update, fmt, event)
     if fmt == JSON:
-        head = _dumps(data)
-        return f'{{"event":{_dumps(event)},"data":{head[:-1]},"upserts":{upserts}}}}}'
-    head = _pack(data, fmt)
-    outer, upserts_key = _binary_prefix(event, fmt)
-    # `data` has at most 6 keys: a one-byte map header (MessagePack fixmap 0x80|n, CBOR
-    # 0xa0|n) either way, so adding "upserts" only increments that byte.
-    return b"".join((outer, bytes((head[0] + 1,)), memoryview(head)[1:], upserts_key, upserts))
+        return f'{head}{_json_str(update.tx)},"sequence":{update.sequence:d}{tail}{upserts}}}}}'
+    if fmt == MSGPACK:
+        tx, sequence = _msgpack_str(update.tx), _msgpack_uint(update.sequence)
+    else:
+        tx, sequence = cbor2.dumps(update.tx), cbor2.dumps(update.sequence)
+    return b"".join((head, tx, _SEQUENCE_KEY[fmt], sequence, tail, upserts))
+
+
+def _msgpack_str(s: str) -> bytes:
+    """What msgpack.packb gives for a str, without building a Packer for a short one."""
+    data = s.encode()  # a lone surrogate raises, as in msgpack
+    n = len(data)
+    if n < 32:
+        return bytes((0xA0 | n,)) + data
+    if n < 256:
+        return bytes((0xD9, n)) + data
+    return msgpack.packb(s, use_bin_type=True)
+
+
+def _msgpack_uint(n: int) -> bytes:
+    """What msgpack.packb gives for a non-negative int (the smallest form)."""
+    if 0 <= n < 0x80:
+        return bytes((n,))
+    if 0 <= n < 0x100:
+        return bytes((0xCC, n))
+    if 0 <= n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if 0 <= n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return msgpack.packb(n, use_bin_type=True)
