@@ -22,8 +22,17 @@ duplicated, reordered; server CPU and RSS come from psutil on the daphne process
 
     .venv/bin/python bench/fanout.py [--quick] [--json out.json] [--profile [cprofile]]
 
+Counting, per step: `lost` for myko is a subscriber left without an item's last state
+(it may skip intermediate states that a later whole item replaced: `coalesced`); the peer
+and the ceiling send one message per change, so for them every missing message is lost.
+`msgs/s` are WebSocket messages received per second, `upd/s` item changes received (a myko
+message carries every change of its batch); a step is sustainable with 0 lost, no errors,
+duplicates or reordering, p99 <= 1 s and the writer on schedule. The ramp raises W until a
+step is not sustainable. Writes go through 32 writer connections (myko runs a connection's
+commands one at a time), each item always through the same one.
+
 Everything shares one 2-core machine: daphne, Postgres, Redis, the client processes and
-the writer. The output says how many cores each side used.
+the writer. The output says how many cores each side used (CPU seconds / wall seconds).
 """
 
 from __future__ import annotations
@@ -467,6 +476,7 @@ class Session:
         self.subscribers = 0
         self.mode = ""
         self.items: list[str] = []
+        self.load_before = 0.0
 
     @property
     def protocol(self) -> str:
@@ -528,6 +538,7 @@ class Session:
         """W writes/s for `duration` s, then the exact account of what reached whom."""
         assert self.clients is not None
         await self.clients.call("step", start_seq=Session.seq + 1)
+        self.load_before = round(os.getloadavg()[0], 2)
         usage = Usage(
             server=self.server.pids,
             clients=self.clients.pids,
@@ -661,6 +672,7 @@ class Session:
             "postgres_cpu_pct": round(100 * cores["postgres"]),
             "redis_cpu_pct": round(100 * cores["redis"]),
             "machine_busy_cores": cores["machine"],
+            "load_avg_1m_before": self.load_before,
             "server_processes": len(self.server.procs),
             "client_processes": self.plan.processes,
             "format": self.plan.fmt,
