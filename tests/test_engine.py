@@ -15,7 +15,7 @@ from myko_django.engine import (
     ReportUpdate,
     WindowError,
 )
-from myko_django.filters import Filter, ItemSchema, compile_filter, filter_for_ids
+from myko_django.filters import Filter, ItemSchema, compile_filter, field_key, filter_for_ids
 
 T = "Target"
 SCHEMA = ItemSchema(
@@ -341,7 +341,8 @@ def test_bad_window_rejected():
 def test_identical_subscriptions_share_live_result_and_items():
     e, log = engine([it("1")]), Log()
     s = [e.subscribe_query(f"c{i}", "t", T, q({"category": "a"}), None) for i in range(3)]
-    assert s[0].upserts is s[1].upserts is s[2].upserts  # snapshot encoded once
+    # A lone subscriber's snapshot is not kept; from the second on it is shared.
+    assert s[1].upserts is s[2].upserts and s[0].upserts is not s[1].upserts
     w = [
         e.subscribe_query(f"w{i}", "t", T, q({"category": "a"}), {"offset": 0, "limit": 5})
         for i in range(2)
@@ -352,6 +353,23 @@ def test_identical_subscriptions_share_live_result_and_items():
     assert len(ups) == 5
     assert len({id(u.upserts) for u in ups}) == 1  # one item set -> one SharedItems
     assert [u.sequence for u in ups] == [1] * 5
+
+
+def test_distinct_subscriptions_keep_no_snapshot_and_no_index_dicts():
+    """Memory per distinct subscription: no kept copy of its sequence 0, and an index key
+    with one live result holds it bare; a second result on the key shares a dict."""
+    e = engine([it("1", category="a"), it("2", category="b")])
+    e.subscribe_query("c1", "t", T, q({"category": "a"}), None)
+    live = next(iter(e._lives.values()))  # noqa: SLF001
+    assert live.snapshot is None and live.windows is None and live.counts is None
+    key = field_key("str", "a")
+    assert e._by_field[T]["category"][key] is live  # noqa: SLF001
+    e.subscribe_query("c1", "t2", T, q({"category": "a", "name": "x"}), None)
+    assert len(e._by_field[T]["category"][key]) == 2  # noqa: SLF001
+    e.cancel("c1", "t2")
+    assert e._by_field[T]["category"][key] is live  # noqa: SLF001
+    e.cancel("c1", "t")
+    assert not e._by_field  # noqa: SLF001
 
 
 def test_shared_items_across_different_filters_same_batch():

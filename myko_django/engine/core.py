@@ -108,10 +108,11 @@ class _Live:
         self.flt = flt
         self.ids = ids
         self.subs: dict[Key, _Sub] = {}  # unwindowed
-        self.windows: dict[tuple[int, int], _Window] = {}
+        # Made when first needed: most results have neither (memory per subscription).
+        self.windows: dict[tuple[int, int], _Window] | None = None
         self.sorted_ids: list[str] | None = None  # kept only while windows exist
-        self.counts: dict[_ReportGroup, None] = {}
-        self.snapshot: SharedItems | None = None
+        self.counts: dict[_ReportGroup, None] | None = None
+        self.snapshot: SharedItems | None = None  # kept only while the result is shared
         self.index: tuple = ()
 
     def unused(self) -> bool:
@@ -160,8 +161,9 @@ class Engine:
         self._schemas = dict(schemas)
         self._stores: dict[str, _Store] = {}
         self._lives: dict[tuple[str, Hashable], _Live] = {}
-        self._by_id: dict[str, dict[str, dict[_Live, None]]] = {}
-        self._by_field: dict[str, dict[str, dict[Hashable, dict[_Live, None]]]] = {}
+        # Index slots hold a lone live result itself, several in a dict (see _slot_add).
+        self._by_id: dict[str, dict[str, _Slot]] = {}
+        self._by_field: dict[str, dict[str, dict[Hashable, _Slot]]] = {}
         self._scan: dict[str, dict[_Live, None]] = {}
         self._subs: dict[Key, _Sub | _ReportSub] = {}
         self._by_conn: dict[Hashable, dict[str, None]] = {}
@@ -248,14 +250,14 @@ class Engine:
         if flt.ids is not None:
             by_id = self._by_id.setdefault(t, {})
             for i in flt.ids:
-                by_id.setdefault(i, {})[live] = None
+                _slot_add(by_id, i, live)
             live.index = ("id",)
         elif flt.eq_keys:
             fields = self._by_field.setdefault(t, {})
             # Prefer a field already indexed: fewer lookups per event.
             field = next((f for f in flt.eq_keys if f in fields), next(iter(flt.eq_keys)))
             k = flt.eq_keys[field]
-            fields.setdefault(field, {}).setdefault(k, {})[live] = None
+            _slot_add(fields.setdefault(field, {}), k, live)
             live.index = ("field", field, k)
         else:
             self._scan.setdefault(t, {})[live] = None
@@ -267,20 +269,14 @@ class Engine:
         if kind == "id":
             by_id = self._by_id[t]
             for i in live.flt.ids or ():
-                d = by_id[i]
-                d.pop(live, None)
-                if not d:
-                    del by_id[i]
+                _slot_remove(by_id, i, live)
             if not by_id:
                 del self._by_id[t]
         elif kind == "field":
             _, field, k = live.index
             fields = self._by_field[t]
             keyed = fields[field]
-            d = keyed[k]
-            d.pop(live, None)
-            if not d:
-                del keyed[k]
+            _slot_remove(keyed, k, live)
             if not keyed:
                 del fields[field]
             if not fields:
@@ -297,6 +293,8 @@ class Engine:
             del self._lives[(live.item_type, live.flt.key)]
 
     def _window(self, live: _Live, w: tuple[int, int]) -> _Window:
+        if live.windows is None:
+            live.windows = {}
         g = live.windows.get(w)
         if g is None:
             if live.sorted_ids is None:
@@ -311,11 +309,13 @@ class Engine:
         if sub.window is None:
             live.subs.pop(key, None)
         else:
+            assert live.windows is not None
             g = live.windows[sub.window]
             g.subs.pop(key, None)
             if not g.subs:
                 del live.windows[sub.window]
                 if not live.windows:
+                    live.windows = None
                     live.sorted_ids = None
 
     # -- queries ----------------------------------------------------------------
@@ -342,10 +342,16 @@ class Engine:
         )
 
     def _snapshot(self, live: _Live) -> SharedItems:
-        if live.snapshot is None:
-            items = self._stores[live.item_type].items
-            live.snapshot = SharedItems(live.item_type, tuple(items[i] for i in live.ids))
-        return live.snapshot
+        """The result's items for a sequence 0, kept (with its encodings) for the next
+        identical subscriber only once a second one came: a result watched by one
+        subscription would otherwise hold a copy of its items it never sends again."""
+        if live.snapshot is not None:
+            return live.snapshot
+        items = self._stores[live.item_type].items
+        snapshot = SharedItems(live.item_type, tuple(items[i] for i in live.ids))
+        if len(live.subs) > 1:
+            live.snapshot = snapshot
+        return snapshot
 
     def _page_snapshot(self, live: _Live, g: _Window) -> SharedItems:
         if g.snapshot is None:
@@ -420,6 +426,8 @@ class Engine:
             live = self._live_for(spec.item_type, spec.flt)
             g = _ReportGroup(spec, {"count": len(live.ids)})
             g.live = live
+            if live.counts is None:
+                live.counts = {}
             live.counts[g] = None
         elif spec.kind == "by_id":
             assert spec.item_type is not None and spec.item_id is not None
@@ -444,7 +452,7 @@ class Engine:
         del self._groups[spec.key]
         if spec.kind == "count":
             live = g.live
-            assert live is not None
+            assert live is not None and live.counts is not None
             live.counts.pop(g, None)
             self._release(live)
         elif spec.kind == "by_id":
@@ -542,9 +550,9 @@ class Engine:
         deltas: dict[_Live, _Delta] = {}
         evals = 0
 
-        def visit(lives: dict[_Live, None], item_id: str, new: dict | None) -> None:
+        def visit(lives: _Slot, item_id: str, new: dict | None) -> None:
             nonlocal evals
-            for live in lives:
+            for live in (lives,) if isinstance(lives, _Live) else lives:
                 if new is None:
                     now = False
                 else:
@@ -707,6 +715,32 @@ class Engine:
             if not strict_equal(g.value, value):
                 g.value = value
                 _report(g, updates)
+
+
+_Slot = _Live | dict[_Live, None]
+
+
+def _slot_add(index: dict, key: Hashable, live: _Live) -> None:
+    """Most index keys lead to one live result: store it bare, not in a one-entry dict
+    (a dict is ~230 bytes per distinct subscription)."""
+    slot = index.get(key)
+    if slot is None:
+        index[key] = live
+    elif isinstance(slot, _Live):
+        if slot is not live:
+            index[key] = {slot: None, live: None}
+    else:
+        slot[live] = None
+
+
+def _slot_remove(index: dict, key: Hashable, live: _Live) -> None:
+    slot = index.get(key)
+    if slot is live:
+        del index[key]
+    elif isinstance(slot, dict):
+        slot.pop(live, None)
+        if len(slot) == 1:
+            index[key] = next(iter(slot))
 
 
 def _report(g: _ReportGroup, updates: list[Update]) -> None:
