@@ -255,8 +255,7 @@ class Engine:
         elif flt.eq_keys:
             fields = self._by_field.setdefault(t, {})
             # Prefer a field already indexed: fewer lookups per event.
-            field = next((f for f in flt.eq_keys if f in fields), next(iter(flt.eq_keys)))
-            k = flt.eq_keys[field]
+            field, k = next(((f, k) for f, k in flt.eq_keys if f in fields), flt.eq_keys[0])
             _slot_add(fields.setdefault(field, {}), k, live)
             live.index = ("field", field, k)
         else:
