@@ -663,3 +663,46 @@ def test_property_subscriber_state_matches_store(initial, subs, batches, moves):
             want, total = expected(store, params, windows[n])
             assert clients[n].state == want
             assert clients[n].total == total
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["SET", "DEL"]),
+            st.sampled_from(["1", "2", "3", "4", "5"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from([1, 1.0, 2, "1", True]),
+        ),
+        max_size=25,
+    ),
+    st.sampled_from([{"category": "a"}, {"category": "b", "n": 1}, {"n": 1}, {"n": 1.0}]),
+)
+def test_new_subscription_through_the_store_index_equals_a_scan(ops, params):
+    """A new live result on a large store looks its equality field up in an index kept
+    current by every event; it must find exactly what scanning the store finds."""
+    import myko_django.engine.core as core
+
+    indexed, scanned, log = engine(), engine(), Log()
+    scanned_events = []
+    # Build the index early on `indexed` (threshold 0), then let events maintain it.
+    old = core.INDEX_STORES_FROM
+    core.INDEX_STORES_FROM = 0
+    try:
+        indexed.subscribe_query("warm", "t", T, q(params), None)
+        for change, id, category, n in ops:
+            ev = (
+                log.set({"id": id, "name": "x", "category": category, "n": n, "price": None})
+                if change == "SET"
+                else log.delete(id)
+            )
+            scanned_events.append(ev)
+            indexed.apply([ev])
+        indexed.cancel("warm", "t")  # the index stays with the store; the live result goes
+        assert indexed._stores[T].by_field  # noqa: SLF001
+        got = indexed.subscribe_query("new", "t", T, q(params), None)
+    finally:
+        core.INDEX_STORES_FROM = old
+    scanned.apply(scanned_events)
+    want = scanned.subscribe_query("new", "t", T, q(params), None)
+    assert sorted(i["id"] for i in got.upserts.items) == sorted(i["id"] for i in want.upserts.items)

@@ -34,11 +34,18 @@ Key = tuple[Hashable, str]  # (conn, tx)
 
 
 class _Store:
-    __slots__ = ("items", "position")
+    __slots__ = ("items", "position", "by_field")
 
     def __init__(self, items: dict[str, dict], position: int) -> None:
         self.items = items
         self.position = position
+        # field -> field_key -> id (or set of ids): built for a field the first time a new
+        # live result filters a large store by equality on it, then kept current.
+        self.by_field: dict[str, dict[Hashable, str | set[str]]] = {}
+
+
+# Below this many items a new live result scans the store instead of indexing a field.
+INDEX_STORES_FROM = 1000
 
 
 class _Sub:
@@ -232,6 +239,13 @@ class Engine:
         ids: set[str] = set()
         if flt.ids is not None:
             candidates: Iterable[tuple[str, dict]] = ((i, items[i]) for i in flt.ids if i in items)
+        elif flt.eq_keys and len(items) >= INDEX_STORES_FROM:
+            # Distinct subscriptions arriving one after another must not each scan a big
+            # store on the event loop: look the equality field up in the store's index.
+            field, key = flt.eq_keys[0]
+            slot = self._field_index(item_type, field).get(key, ())
+            found = (slot,) if isinstance(slot, str) else tuple(slot)
+            candidates = ((i, items[i]) for i in found)
         else:
             candidates = items.items()
         n = 0
@@ -244,6 +258,16 @@ class Engine:
         self._register(live)
         self._lives[lkey] = live
         return live
+
+    def _field_index(self, item_type: str, field: str) -> dict[Hashable, str | set[str]]:
+        store = self._stores[item_type]
+        index = store.by_field.get(field)
+        if index is None:
+            kind = self._schemas[item_type].fields.get(field, "json")
+            index = store.by_field[field] = {}
+            for item_id, item in store.items.items():
+                _index_id(index, field_key(kind, item.get(field)), item_id)
+        return index
 
     def _register(self, live: _Live) -> None:
         flt, t = live.flt, live.item_type
@@ -531,8 +555,9 @@ class Engine:
             if t is None:
                 t = touched[ev.item_type] = {}
             items = store.items
+            before = items.get(ev.item_id)
             if ev.item_id not in t:
-                t[ev.item_id] = items.get(ev.item_id)
+                t[ev.item_id] = before
             if ev.change_type == "SET":
                 if ev.item is None:
                     log.warning("SET event %s without item ignored", ev.position)
@@ -542,7 +567,23 @@ class Engine:
                 items.pop(ev.item_id, None)
             else:
                 log.warning("event %s has unknown change type %r", ev.position, ev.change_type)
+                continue
+            if store.by_field:
+                self._reindex(ev.item_type, store, ev.item_id, before, items.get(ev.item_id))
         return touched
+
+    def _reindex(
+        self, item_type: str, store: _Store, item_id: str, old: dict | None, new: dict | None
+    ) -> None:
+        kinds = self._schemas[item_type].fields
+        for field, index in store.by_field.items():
+            kind = kinds.get(field, "json")
+            ko = None if old is None else field_key(kind, old.get(field))
+            kn = None if new is None else field_key(kind, new.get(field))
+            if old is not None and (new is None or ko != kn):
+                _unindex_id(index, ko, item_id)
+            if new is not None and (old is None or ko != kn):
+                _index_id(index, kn, item_id)
 
     def _match(self, touched: dict[str, dict[str, dict | None]]) -> dict[_Live, _Delta]:
         """Visit only the live results each changed item may affect; update their ids."""
@@ -738,6 +779,29 @@ def _slot_remove(index: dict, key: Hashable, live: _Live) -> None:
         del index[key]
     elif isinstance(slot, dict):
         slot.pop(live, None)
+        if len(slot) == 1:
+            index[key] = next(iter(slot))
+
+
+def _index_id(index: dict, key: Hashable, item_id: str) -> None:
+    """A store index entry: the id itself while it is the only one (most keys of a
+    unique-ish field), a set once there are more."""
+    slot = index.get(key)
+    if slot is None:
+        index[key] = item_id
+    elif isinstance(slot, str):
+        if slot != item_id:
+            index[key] = {slot, item_id}
+    else:
+        slot.add(item_id)
+
+
+def _unindex_id(index: dict, key: Hashable, item_id: str) -> None:
+    slot = index.get(key)
+    if slot == item_id:
+        del index[key]
+    elif isinstance(slot, set):
+        slot.discard(item_id)
         if len(slot) == 1:
             index[key] = next(iter(slot))
 
