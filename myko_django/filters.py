@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -286,7 +287,8 @@ class _Compiler:
                 return field_key(kind, item.get(field)) == key
 
         ids = frozenset((v,)) if field == "id" else None
-        return check, ("eq", key), key, ids
+        # The spec of an equality is its key itself (no filter kind's tag starts a key).
+        return check, key, key, ids
 
     def _compile_object(
         self, obj: dict
@@ -478,6 +480,7 @@ def compile_filter(schema: ItemSchema, params: Mapping[str, Any], *, op_name: st
         kind = schema.fields.get(field)
         if kind is None:
             continue
+        field = sys.intern(field)  # each decoded message brings its own copy of the name
         check, spec, eq_key, field_ids = _Compiler(op_name, field, kind).compile(v)
         checks.append(check)
         specs[field] = spec

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -205,7 +206,7 @@ class Session:
         except (OperationError, ItemError) as exc:
             return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
         self.kinds[tx] = response
-        self.op_ids[tx] = op_id
+        self.op_ids[tx] = sys.intern(op_id) if isinstance(op_id, str) else op_id
         pending = _Pending(item_type, flt, data.get("window"), error, id_key, op_id)
         if self.runtime.engine.has_store(item_type):
             return self._start(tx, pending)
