@@ -55,20 +55,18 @@ class Watcher:
         await self.ws.close()
 
 
+def query_all_gadgets(tx: str) -> str:
+    return json.dumps(
+        {
+            "event": "ws:m:query",
+            "data": {"query": {"tx": tx}, "queryId": "GetAllGadgets", "queryItemType": "Gadget"},
+        }
+    )
+
+
 async def subscribe(url: str, tx: str = "q") -> Watcher:
     ws = await websockets.connect(url)
-    await ws.send(
-        json.dumps(
-            {
-                "event": "ws:m:query",
-                "data": {
-                    "query": {"tx": tx},
-                    "queryId": "GetAllGadgets",
-                    "queryItemType": "Gadget",
-                },
-            }
-        )
-    )
+    await ws.send(query_all_gadgets(tx))
     first = json.loads(await ws.recv())
     assert first["data"]["sequence"] == 0
     return Watcher(ws)
@@ -147,18 +145,7 @@ async def test_worker_killed_other_workers_unaffected_clients_resubscribe(daphne
     await watcher.until(lambda state: set(state) == expected)
     # The killed worker's client reconnects elsewhere with the same tx: a fresh snapshot.
     async with websockets.connect(survivor.url) as again:
-        await again.send(
-            json.dumps(
-                {
-                    "event": "ws:m:query",
-                    "data": {
-                        "query": {"tx": "q"},
-                        "queryId": "GetAllGadgets",
-                        "queryItemType": "Gadget",
-                    },
-                }
-            )
-        )
+        await again.send(query_all_gadgets("q"))
         snapshot = json.loads(await again.recv())["data"]
         assert snapshot["sequence"] == 0
         assert {row["item"]["id"] for row in snapshot["upserts"]} == expected
@@ -282,18 +269,7 @@ class Recorder(Watcher):
 
 async def record(url: str, tx: str = "q") -> Recorder:
     ws = await websockets.connect(url, max_size=None)
-    await ws.send(
-        json.dumps(
-            {
-                "event": "ws:m:query",
-                "data": {
-                    "query": {"tx": tx},
-                    "queryId": "GetAllGadgets",
-                    "queryItemType": "Gadget",
-                },
-            }
-        )
-    )
+    await ws.send(query_all_gadgets(tx))
     first = json.loads(await ws.recv())["data"]
     assert first["sequence"] == 0
     return Recorder(ws, first)
