@@ -10,7 +10,6 @@ serialized from their append to their commit, so callers append last, just befor
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,8 +48,34 @@ def append(
     if not pending:
         return 0
     last, committed = _insert(pending, tx, source_id, using)
-    transaction.on_commit(functools.partial(publish.committed, committed), using=using)
+    _publish_on_commit(committed, using)
     return last
+
+
+class _Publish:
+    """An on_commit callback publishing events; later appends join it (see below)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def __call__(self) -> None:
+        publish.committed(self.events)
+
+
+def _publish_on_commit(committed: list, using: str) -> None:
+    """Publish after commit, joining the previous append's publication when it was made
+    under the same savepoints (so a rollback drops both or neither): an admin action or a
+    loop of saves in one transaction then reaches subscribers as one update."""
+    connection = connections[using]
+    hooks = connection.run_on_commit
+    if hooks:
+        savepoints, callback = hooks[-1][0], hooks[-1][1]
+        if isinstance(callback, _Publish) and savepoints == set(connection.savepoint_ids):
+            callback.events.extend(committed)
+            return
+    transaction.on_commit(_Publish(committed), using=using)
 
 
 class _Deferred:

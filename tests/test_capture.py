@@ -180,6 +180,24 @@ def test_savepoint_rollback_drops_only_its_events(published):
     assert [e.item["name"] for batch in published for e in batch] == ["kept"]
 
 
+def test_saves_in_one_transaction_are_published_together(published):
+    """Several ORM writes in one transaction (an admin action, a loop of saves) reach
+    subscribers as one batch; a savepoint rolled back in between still drops its own."""
+    with transaction.atomic():
+        Target.objects.create(name="a")
+        Target.objects.create(name="b")
+        try:
+            with transaction.atomic():
+                Target.objects.create(name="dropped")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        Target.objects.create(name="c")
+    assert [[e.item["name"] for e in batch] for batch in published] == [["a", "b", "c"]]
+    Target.objects.create(name="d")  # its own transaction: its own batch
+    assert [e.item["name"] for e in published[-1]] == ["d"]
+
+
 def test_events_are_published_only_after_commit(published):
     with transaction.atomic():
         Target.objects.create(name="t")
