@@ -108,16 +108,18 @@ class Hub:
         self._read_log(upto=None)
         return self._drain()
 
-    def install(self, snapshot: Snapshot, read: Sequence[Event] = ()) -> list[Update]:
+    def install(
+        self, snapshot: Snapshot, read: Sequence[Event] = (), read_upto: int = 0
+    ) -> list[Update]:
         """Load a store read by `read_snapshot`, replaying what the hub applied since.
 
         The replay comes from the hub's recent history; where that does not reach back far
         enough it raises NeedsLog, and the caller reads those events (off the event loop)
-        and calls again with them as `read` (no I/O here).
+        and calls again with them as `read`, read up to `read_upto` (no I/O here).
         """
         if self.engine.has_store(snapshot.item_type):
             return []
-        start = max(snapshot.position, read[-1].position if read else 0)
+        start = max(snapshot.position, read_upto)
         if start < self.applied and not (self._history and self._history[0].position <= start + 1):
             raise NeedsLog(start, self.applied)
         missed = [e for e in read if e.position > snapshot.position]
@@ -135,11 +137,13 @@ class Hub:
             return []
         snapshot = read_snapshot(item_type, self.using)
         read: list[Event] = []
+        read_upto = 0
         while True:
             try:
-                return self.install(snapshot, read)
+                return self.install(snapshot, read, read_upto)
             except NeedsLog as need:
                 read += read_missed(item_type, need.after, need.upto, self.using)
+                read_upto = need.upto
 
     def _read_log(self, upto: int | None) -> None:
         for event in eventlog.read(self.applied, upto, using=self.using):

@@ -255,12 +255,14 @@ class Runtime:
             try:
                 snapshot = await self.db(read_snapshot, item_type)
                 read: list[Event] = []
+                read_upto = 0
                 while True:
                     try:
-                        self.deliver(self.hub.install(snapshot, read))
+                        self.deliver(self.hub.install(snapshot, read, read_upto))
                         break
                     except NeedsLog as need:  # more applied meanwhile than history keeps
                         read += await self.db(read_missed, item_type, need.after, need.upto)
+                        read_upto = need.upto
                 future.set_result(None)
             except BaseException as exc:
                 future.set_exception(exc)

@@ -174,5 +174,34 @@ def test_store_loaded_further_behind_than_history_reads_the_gap_from_the_log():
         hub.install(snapshot)
     assert (need.value.after, need.value.upto) == (snapshot.position, hub.applied)
     read = read_missed("Target", need.value.after, need.value.upto)
-    hub.install(snapshot, read)
+    hub.install(snapshot, read, need.value.upto)
     assert hub.engine.items("Target")[t.pk]["name"] == "d"
+
+
+def test_store_install_behind_many_events_of_other_types_finishes():
+    """The log read for an install returns only its own type's events; what it covered is
+    the range read, not its last event (else it would ask again forever)."""
+    import collections
+
+    from myko_django.hub import NeedsLog, read_missed, read_snapshot
+    from project.demo.models import Scene
+
+    hub = Hub()
+    hub._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
+    t = Target.objects.create(name="a")
+    snapshot = read_snapshot("Target")
+    Target.objects.filter(pk=t.pk).update(name="b")
+    for i in range(3):
+        Scene.objects.create(name=f"s{i}")  # later events, none of them Targets
+    hub.poll()
+    read, upto = [], 0
+    for _ in range(3):
+        try:
+            hub.install(snapshot, read, upto)
+            break
+        except NeedsLog as need:
+            read += read_missed("Target", need.after, need.upto)
+            upto = need.upto
+    else:
+        raise AssertionError("install kept asking for the log")
+    assert hub.engine.items("Target")[t.pk]["name"] == "b"
