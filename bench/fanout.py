@@ -132,24 +132,9 @@ def setup_database(distinct: int) -> None:
 
 
 def machine() -> dict[str, Any]:
-    import platform
+    from bench.support import machine as describe
 
-    import psutil
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cores": psutil.cpu_count(),
-        "cpu_model": model,
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-    }
+    return describe()
 
 
 # ---- servers -------------------------------------------------------------------------------
