@@ -121,8 +121,22 @@ class Session:
             event = self.kinds.get(update.tx, "ws:m:query-response")
             try:
                 frame = wire.encode_query_response(update, self.fmt, event)
-            except Exception:
+            except Exception as exc:
+                # E.g. a JSON field holding a 65-bit integer written through the ORM, sent
+                # to a MessagePack client: end this subscription with an error, not a gap.
                 logger.exception("myko: connection %s: could not encode %s", self.id, event)
+                kind = "view" if event == "ws:m:view-response" else "query"
+                self.send(
+                    f"ws:m:{kind}-error",
+                    {
+                        "tx": update.tx,
+                        f"{kind}Id": self.op_ids.get(update.tx),
+                        "message": f"the result cannot be sent as {self.fmt}: {exc}",
+                    },
+                )
+                self.kinds.pop(update.tx, None)
+                self.op_ids.pop(update.tx, None)
+                self.runtime.engine.cancel(self, update.tx)
                 return
             self.send_frame(frame)
         elif isinstance(update, ReportUpdate):
@@ -140,7 +154,7 @@ class Session:
             message = wire.decode_text(text)
         except wire.WireError as exc:
             return self._bad(str(exc))
-        await self.handle(message)
+        await self._handle_safely(message)
 
     async def receive_bytes(self, data: bytes) -> None:
         try:
@@ -151,7 +165,16 @@ class Session:
         if self.binary_fmt is None:
             self.binary_fmt = fmt
         self.fmt = self.binary_fmt
-        await self.handle(message)
+        await self._handle_safely(message)
+
+    async def _handle_safely(self, message: Any) -> None:
+        """A message that breaks something unforeseen costs that message, not the
+        connection (PROTOCOL.md §8)."""
+        try:
+            await self.handle(message)
+        except Exception as exc:
+            logger.exception("myko: connection %s: a message failed", self.id)
+            self._bad(f"failed: {exc!r:.200}")
 
     def _bad(self, reason: str) -> None:
         self.bad_frames += 1

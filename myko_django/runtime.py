@@ -42,6 +42,8 @@ def _keep_connections() -> None:
             if getattr(conn, "_myko_kept", None) is not raw:
                 conn._myko_kept = raw
                 conn.close_at = time.monotonic() + POOL_CONN_MAX_AGE
+                # Kept this long, it may have died (a database restart): check before use.
+                conn.health_check_enabled = True
 
 
 def _in_db_thread(func: Callable, *args: Any, **kwargs: Any) -> Any:

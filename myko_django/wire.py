@@ -36,7 +36,7 @@ def _dumps(value: Any) -> str:
 
 def decode_text(text: str) -> Any:
     try:
-        value = json.loads(text)
+        value = _check(json.loads(text))
         if "\\u" in text and _ESCAPED_SURROGATE.search(text):
             _no_lone_surrogates(value)
     except WireError:

@@ -164,7 +164,7 @@ def apply_events(
         try:
             with transaction.atomic(using=using):
                 rejected = _apply_each(events, using, savepoints=False)
-        except DatabaseError:
+        except (DatabaseError, _Redo):
             rejected = _apply_each(events, using, savepoints=True)
     return ctx.last_position, rejected
 
@@ -188,6 +188,14 @@ def _apply_each(
         except (ItemError, ValueError, TypeError) as exc:
             if not savepoints and isinstance(exc.__cause__, DatabaseError):
                 raise exc.__cause__ from exc  # the transaction may be aborted: redo
+            if not savepoints and transaction.get_connection(using).needs_rollback:
+                # It failed inside a block without a savepoint (a save's or a delete's
+                # own atomic): the whole pass would be rolled back, silently. Redo.
+                raise _Redo from exc
             # ValueError includes a driver's UnicodeEncodeError; the batch goes on.
             rejected.append((index, event, str(exc)))
     return rejected
+
+
+class _Redo(Exception):
+    """The pass without per-event savepoints cannot keep its valid events."""

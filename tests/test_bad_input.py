@@ -599,6 +599,42 @@ async def test_deep_nesting_does_not_kill_the_connection(watched, fmt):
         await watched.healthy(f"nesting {depth}", frozenset({"ws:m:ping"}))
 
 
+async def test_deeply_nested_query_parameter_does_not_kill_the_connection(watched, fmt):
+    """A 700-deep JSON-field filter once crashed the filter compiler (RecursionError)."""
+    for depth in (150, 700):
+        data = {
+            "query": {"tx": f"deep{depth}", "extra": nested(depth)},
+            "queryId": "GetGadgetsByQuery",
+            "queryItemType": "Gadget",
+        }
+        if fmt == "json":
+            inner = "[" * depth + "]" * depth
+            frame = json.dumps(env("ws:m:query", data)).replace(json.dumps(nested(depth)), inner)
+            await watched.c.send_raw(frame)
+        else:
+            await watched.c.send_raw(msgpack.packb(env("ws:m:query", data)))
+        await watched.healthy(f"a query nested {depth} deep", frozenset({"ws:m:query-error"}))
+
+
+async def test_result_a_format_cannot_carry_ends_that_subscription_with_an_error(watched, fmt):
+    """A JSON field holding a 65-bit integer, written through the ORM, cannot be sent as
+    MessagePack: its subscribers get a query-error, not a silent gap."""
+    from tests.test_protocol import db
+    from tests.testapp.models import Gadget
+
+    tx, _ = await watched.c.subscribe("GetAllGadgets", "Gadget")
+    await db(Gadget.objects.create, id="big", label="b", extra={"n": 2**70})
+    message = await watched.c.recv()
+    if fmt == "json":
+        assert message["event"] == "ws:m:query-response", message
+        assert message["data"]["upserts"][0]["item"]["extra"] == {"n": 2**70}
+    else:
+        assert message["event"] == "ws:m:query-error", message
+        assert message["data"]["tx"] == tx and message["data"]["queryId"] == "GetAllGadgets"
+        await db(lambda: Gadget.objects.filter(pk="big").update(label="c"))
+    await watched.healthy("an unencodable result")
+
+
 async def test_non_finite_float_in_an_item_is_rejected(watched, fmt):
     item = {"id": "g", "label": "x", "ratio": float("nan")}
     message = env(

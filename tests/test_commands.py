@@ -281,6 +281,32 @@ def test_event_the_database_refuses_is_dropped_alone():
     assert last == 2
 
 
+def test_event_refused_inside_a_save_keeps_the_valid_events_before_it():
+    """A pre_save receiver that raises runs inside the save's own atomic block (no
+    savepoint): the batch must redo with savepoints, not silently drop the valid events."""
+    from django.db.models.signals import pre_save
+
+    def refuse(sender, instance, **kwargs):
+        if instance.label == "boom":
+            raise ValueError("boom is not allowed")
+
+    Gadget.objects.create(id="g", label="old")
+    pre_save.connect(refuse, sender=Gadget, dispatch_uid="refuse-boom")
+    try:
+        last, rejected = apply_events(
+            [
+                {"changeType": "SET", "itemType": "Gadget", "item": {"id": "h", "label": "ok"}},
+                {"changeType": "SET", "itemType": "Gadget", "item": {"id": "g", "label": "boom"}},
+            ]
+        )
+    finally:
+        pre_save.disconnect(dispatch_uid="refuse-boom", sender=Gadget)
+    assert [(i, m) for i, _, m in rejected] == [(1, "boom is not allowed")]
+    assert Gadget.objects.get(pk="h").label == "ok"
+    assert Gadget.objects.get(pk="g").label == "old"
+    assert last == Event.objects.latest("position").position
+
+
 def test_set_many_writes_the_same_events_as_one_by_one():
     owner = Owner.objects.create(id="o1", name="o")
     items = [{"id": f"g{i}", "label": f"l{i}", "count": i, "ownerId": "o1"} for i in range(5)]
