@@ -15,6 +15,12 @@ def published():
     publish.remove_listener(batches.append)
 
 
+@pytest.fixture(params=["json", "msgpack"])
+def fmt(request) -> str:
+    """Each protocol test runs in JSON and in MessagePack (PROTOCOL.md §9.10)."""
+    return request.param
+
+
 def pytest_collection_modifyitems(items):
     # Engine and filter tests are pure Python: part of the core suite on both databases.
     for item in items:

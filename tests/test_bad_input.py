@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import websockets
 
-from tests.test_protocol import FORMATS, Client, count_rows, new_tx, row, target
+from tests.test_protocol import Client, count_rows, new_tx, row, target
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -71,11 +71,6 @@ class Watched:
         except BaseException as exc:
             raise AssertionError(f"connection unhealthy after {after}: {exc!r:.500}") from exc
         return extra
-
-
-@pytest.fixture(params=FORMATS)
-def fmt(request) -> str:
-    return request.param
 
 
 @pytest.fixture

@@ -167,15 +167,19 @@ def test_rollback_leaves_no_event_and_publishes_nothing(published):
     assert published == []
 
 
+def _create_in_a_rolled_back_savepoint(name: str) -> None:
+    try:
+        with transaction.atomic():
+            Target.objects.create(name=name)
+            raise RuntimeError
+    except RuntimeError:
+        pass
+
+
 def test_savepoint_rollback_drops_only_its_events(published):
     with transaction.atomic():
         Target.objects.create(name="kept")
-        try:
-            with transaction.atomic():
-                Target.objects.create(name="dropped")
-                raise RuntimeError
-        except RuntimeError:
-            pass
+        _create_in_a_rolled_back_savepoint("dropped")
     assert [item["name"] for *_, item in events()] == ["kept"]
     assert [e.item["name"] for batch in published for e in batch] == ["kept"]
 
@@ -186,12 +190,7 @@ def test_saves_in_one_transaction_are_published_together(published):
     with transaction.atomic():
         Target.objects.create(name="a")
         Target.objects.create(name="b")
-        try:
-            with transaction.atomic():
-                Target.objects.create(name="dropped")
-                raise RuntimeError
-        except RuntimeError:
-            pass
+        _create_in_a_rolled_back_savepoint("dropped")
         Target.objects.create(name="c")
     assert [[e.item["name"] for e in batch] for batch in published] == [["a", "b", "c"]]
     Target.objects.create(name="d")  # its own transaction: its own batch

@@ -26,22 +26,28 @@ def test_registry_names_plurals_and_wire_fields():
         registry.get("Nope")
 
 
+def every_kind(**fields) -> dict:
+    """Field values of a Gadget that uses every supported field kind (owner "o1")."""
+    return {
+        "id": "g1",
+        "label": "x",
+        "count": 3,
+        "ratio": 1.5,
+        "active": True,
+        "price": decimal.Decimal("12.50"),
+        "seen_at": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "day": dt.date(2024, 1, 2),
+        "at": dt.time(3, 4),
+        "token": uuid.uuid4(),
+        "extra": {"a": [1, None]},
+        "owner_id": "o1",
+        **fields,
+    }
+
+
 def test_encode_every_kind():
     token = uuid.uuid4()
-    g = Gadget(
-        id="g1",
-        label="x",
-        count=3,
-        ratio=1.5,
-        active=True,
-        price=decimal.Decimal("12.50"),
-        seen_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-        day=dt.date(2024, 1, 2),
-        at=dt.time(3, 4),
-        token=token,
-        extra={"a": [1, None]},
-        owner_id="o1",
-    )
+    g = Gadget(**every_kind(token=token))
     item = registry.get("Gadget").encode(g)
     assert item == {
         "id": "g1",

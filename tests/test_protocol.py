@@ -21,7 +21,6 @@ from django.db import connections
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-FORMATS = ["json", "msgpack"]
 _txs = itertools.count(1)
 
 
@@ -171,11 +170,6 @@ class Client:
             # re-raises it) or our own receive timeout, which cancels it.
             return
         await self.comm.disconnect()
-
-
-@pytest.fixture(params=FORMATS)
-def fmt(request) -> str:
-    return request.param
 
 
 @pytest.fixture

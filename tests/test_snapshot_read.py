@@ -1,14 +1,13 @@
 """Loading a store reads plain column values (no model instances): the items must be exactly
 what encoding model instances gives, for every field kind and for non-string primary keys."""
 
-import datetime as dt
 import decimal
-import uuid
 
 import pytest
 
 from myko_django.hub import read_snapshot
 from myko_django.registry import registry
+from tests.test_items import every_kind
 from tests.testapp.models import Gadget, LegacyRow, Owner
 
 # read_snapshot opens its own REPEATABLE READ transaction: not inside a test transaction.
@@ -17,20 +16,7 @@ pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
 def test_snapshot_items_equal_encoded_instances():
     Owner.objects.create(id="o1", name="owner")
-    Gadget.objects.create(
-        id="g1",
-        label="x",
-        count=3,
-        ratio=1.5,
-        active=True,
-        price=decimal.Decimal("12.50"),
-        seen_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-        day=dt.date(2024, 1, 2),
-        at=dt.time(3, 4),
-        token=uuid.uuid4(),
-        extra={"a": [1, None], "b": 2.5},
-        owner_id="o1",
-    )
+    Gadget.objects.create(**every_kind(extra={"a": [1, None], "b": 2.5}))
     Gadget.objects.create(id="g2", label="nulls")
     LegacyRow.objects.create(title="legacy", amount=decimal.Decimal("1.20"))
     for name, model in (("Gadget", Gadget), ("Legacy", LegacyRow), ("Owner", Owner)):
