@@ -9,18 +9,17 @@ come back to the loop with `call_soon_threadsafe`; the engine is touched only on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.db import close_old_connections, connections
 
-from . import conf, doorbell, eventlog, publish
+from . import conf, doorbell, eventlog, gcpause, publish
 from .engine import Event, Update
 from .hub import Hub, NeedsLog, read_missed, read_snapshot
 
@@ -78,23 +77,6 @@ def _freeze_startup_objects() -> None:
         _frozen = True
         gc.collect()
         gc.freeze()
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while a batch is applied and its frames sent: one update per subscriber
-    lives until the batch is out, a collection in between promoted thousands of them, and
-    the full collections that followed (150-180 ms with 1,000 subscribers) were the
-    latency tail. What the batch allocated is freed by reference counting before the GC
-    runs again; only the pause is skipped, not the collection."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _read_log(after: int, upto: int) -> list[Event]:
@@ -203,7 +185,7 @@ class Runtime:
             self._unrung = []
         if self._inbox:
             events, self._inbox = self._inbox, []
-            with _gc_paused():
+            with gcpause.paused():
                 self.deliver(self.hub.offer(events))
         if self.hub.gap() is not None and not self._repairing:
             self._repairing = True
@@ -214,7 +196,7 @@ class Runtime:
             while (gap := self.hub.gap()) is not None:
                 after, upto = gap
                 events = await self.db(_read_log, after, upto)
-                with _gc_paused():
+                with gcpause.paused():
                     self.deliver(self.hub.offer(events))
         except Exception:
             logger.exception("myko: reading the event log to fill a gap failed")
@@ -243,7 +225,7 @@ class Runtime:
         while self.hub.applied < position:
             after = self.hub.applied
             events = await self.db(_read_log, after, position)
-            with _gc_paused():
+            with gcpause.paused():
                 self.deliver(self.hub.offer(events))
 
     async def ensure_store(self, item_type: str) -> None:
