@@ -17,7 +17,7 @@ from typing import Any
 from django.db import models, router, transaction
 from django.db.models import signals
 
-from . import eventlog, publish
+from . import eventlog
 from .registry import registry
 
 _CHUNK = 500
@@ -48,8 +48,7 @@ def write_context(tx: str | None = None, source_id: str | None = None) -> Iterat
     ctx = WriteContext(tx=tx, source_id=source_id)
     token = _context.set(ctx)
     try:
-        with publish.batched():
-            yield ctx
+        yield ctx
     finally:
         _context.reset(token)
 

@@ -83,7 +83,8 @@ class _Deferred:
 
     Registered with `on_commit` from the start: Django drops the registration when the
     savepoint it was made in rolls back, so `append_deferred` finds only what survived.
-    After commit it publishes its events, positions filled in by then.
+    After commit the first surviving one publishes the transaction's events, positions
+    filled in by then (one publication, so one update per subscription).
     """
 
     __slots__ = ("pending", "committed")
@@ -116,10 +117,10 @@ def append_deferred(*, tx: str | None, source_id: str | None, using: str = "defa
     if not pending:
         return 0
     last, committed = _insert(pending, tx, source_id, using)
-    start = 0
-    for batch in batches:
-        batch.committed = committed[start : start + len(batch.pending)]
-        start += len(batch.pending)
+    # One publication for the transaction: the first callback carries every event.
+    batches[0].committed = committed
+    for batch in batches[1:]:
+        batch.committed = []
     return last
 
 

@@ -25,6 +25,12 @@ def test_success_returns_response_and_position(published):
     assert [e.item["label"] for batch in published for e in batch] == ["a", "b"]
 
 
+def test_a_command_is_published_once_however_many_writes(published):
+    """Subscribers get one update per command, not one per ctx.set."""
+    run_command("MakeGadgets", {"labels": ["a", "b", "c"]}, tx="t1")
+    assert [[e.item["label"] for e in batch] for batch in published] == [["a", "b", "c"]]
+
+
 def test_handler_error_rolls_back_everything(published):
     with pytest.raises(CommandError, match="failed after 1"):
         run_command("MakeGadgets", {"labels": ["a", "b"], "failAfter": 1}, tx="t1")
