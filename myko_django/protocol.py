@@ -134,13 +134,17 @@ class Session:
                         "message": f"the result cannot be sent as {self.fmt}: {exc}",
                     },
                 )
-                self.kinds.pop(update.tx, None)
-                self.op_ids.pop(update.tx, None)
+                self._forget(update.tx)
                 self.runtime.engine.cancel(self, update.tx)
                 return
             self.send_frame(frame)
         elif isinstance(update, ReportUpdate):
             self.send("ws:m:report-response", {"response": update.value, "tx": update.tx})
+
+    def _forget(self, tx: str) -> None:
+        """This connection no longer has a query or view under `tx`."""
+        self.kinds.pop(tx, None)
+        self.op_ids.pop(tx, None)
 
     # ---- incoming -------------------------------------------------------------------
 
@@ -194,8 +198,7 @@ class Session:
             tx = data.get("tx") if isinstance(data, dict) else None
             if not isinstance(tx, str):
                 return self._bad(f"{event} without a string tx")
-            self.kinds.pop(tx, None)
-            self.op_ids.pop(tx, None)
+            self._forget(tx)
             self.loading.pop(tx, None)
             self.runtime.engine.cancel(self, tx)
             return
@@ -247,8 +250,7 @@ class Session:
             logger.exception("myko: loading %s failed", pending.item_type)
             if self.loading.get(tx) is pending:
                 del self.loading[tx]
-                self.kinds.pop(tx, None)
-                self.op_ids.pop(tx, None)
+                self._forget(tx)
                 self.send(
                     pending.error,
                     {
@@ -268,8 +270,7 @@ class Session:
                 self, tx, pending.item_type, pending.flt, pending.window
             )
         except WindowError as exc:
-            self.kinds.pop(tx, None)
-            self.op_ids.pop(tx, None)
+            self._forget(tx)
             return self.send(
                 pending.error, {"tx": tx, pending.id_key: pending.op_id, "message": str(exc)}
             )
@@ -327,7 +328,7 @@ class Session:
             spec = resolve_report(report_id, request)
             for item_type in spec.item_types:
                 await self.runtime.ensure_store(item_type)
-            self.kinds.pop(tx, None)
+            self._forget(tx)
             update = self.runtime.engine.subscribe_report(self, tx, spec)
         except (OperationError, ItemError) as exc:
             message = str(exc)
