@@ -99,7 +99,7 @@ def _result(s: Scenario, mode: str, elapsed: float, latencies: list[float], **ex
 def _in_process(s: Scenario) -> dict:
     from django.db import connections
 
-    from myko_django.commands import run_command
+    from myko_django.log.commands import run_command
 
     latencies: list[float] = []
     lock = threading.Lock()
@@ -171,7 +171,7 @@ async def _websocket_all(items: list[Scenario], url: str, pid: int) -> list[dict
 def run(quick: bool = False) -> list[dict]:
     """All scenarios in-process, then over WebSocket to one daphne worker (with Redis)."""
     support.setup_django(DB, fresh=True)
-    from myko_django.commands import run_command
+    from myko_django.log.commands import run_command
 
     durability = support.postgres_settings()
     for i in range(5):

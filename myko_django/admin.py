@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from .models import Event
-from .registry import registry
+from myko_django.items.registry import registry
+from myko_django.log.tables import Event
 
 
 @admin.register(Event)

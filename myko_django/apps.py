@@ -10,10 +10,11 @@ class MykoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import capture, checks, doorbell, publish  # noqa: F401  (checks self-register)
-        from .managers import ItemQuerySet, atomic_save_base
-        from .models import Item
-        from .registry import ItemType, explicit_registrations, registry
+        from myko_django import checks  # noqa: F401  (checks register themselves)
+        from myko_django.items.registry import ItemType, explicit_registrations, registry
+        from myko_django.log import capture, managers, publish
+        from myko_django.models import Item
+        from myko_django.server import doorbell
 
         explicit = explicit_registrations()
         for model in apps.get_models():
@@ -22,15 +23,7 @@ class MykoConfig(AppConfig):
             if issubclass(model, Item) or model in explicit:
                 registry.add(ItemType.for_model(model, **explicit.get(model, {})))
         for item_type in registry:
-            model = item_type.model
-            if not getattr(model.save_base, "myko_atomic", False):
-                model.save_base = atomic_save_base(model.save_base)
-            # Related managers and on_delete updates use the base manager: make it ours.
-            default = model._meta.default_manager
-            if default is not None and issubclass(default._queryset_class, ItemQuerySet):
-                if not issubclass(model._base_manager._queryset_class, ItemQuerySet):
-                    model._meta.base_manager_name = default.name
-                    model._meta.__dict__.pop("base_manager", None)
+            managers.adopt(item_type.model)
         capture.connect()
         publish.add_listener(doorbell.ring_from_thread)
         # User commands, queries and reports live in each app's myko.py.

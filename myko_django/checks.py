@@ -2,8 +2,8 @@
 
 from django.core import checks
 
-from .managers import ItemQuerySet
-from .registry import registry
+from myko_django.items.registry import registry
+from myko_django.log.managers import uses_item_queryset
 
 
 @checks.register()
@@ -22,8 +22,7 @@ def check_items(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         )
     for item_type in registry:
         model = item_type.model
-        manager = model._meta.default_manager
-        if manager is None or not issubclass(manager._queryset_class, ItemQuerySet):
+        if not uses_item_queryset(model._meta.default_manager):
             errors.append(
                 checks.Error(
                     f"The default manager of item model {model._meta.label} does not use "

@@ -1,9 +1,11 @@
 """The WebSocket routes to mount in a project's ASGI application."""
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware
+from channels.routing import URLRouter
+from channels.sessions import CookieMiddleware
 from django.urls import path
 
-from .consumer import MykoConsumer, OriginValidator, ServerSend
+from myko_django.server.endpoint import MykoConsumer, OriginValidator, SessionFromCookie
 
 websocket_urlpatterns = [
     path("myko", MykoConsumer.as_asgi()),
@@ -11,9 +13,9 @@ websocket_urlpatterns = [
 ]
 
 
-def websocket_application():
-    """/myko and / with Django auth and our origin check (frames bypass the session
-    middleware's send wrapper: see consumer.ServerSend)."""
-    from channels.routing import URLRouter
-
-    return ServerSend(OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))))
+def websocket_application() -> OriginValidator:
+    """/myko and / with our origin check and Django's session and user in the scope
+    (Channels' auth stack, with a session middleware that leaves frames alone)."""
+    return OriginValidator(
+        CookieMiddleware(SessionFromCookie(AuthMiddleware(URLRouter(websocket_urlpatterns))))
+    )

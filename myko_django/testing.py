@@ -15,11 +15,14 @@ import itertools
 import threading
 from typing import Any
 
-from . import publish
-from .commands import Outcome, run_command
-from .engine import QueryUpdate, ReportUpdate
-from .hub import Hub
-from .operations import resolve_query, resolve_report
+from myko_django.items.operations import resolve_query, resolve_report
+from myko_django.items.registry import registry
+from myko_django.live.engine import Engine
+from myko_django.live.sequencer import Sequencer, Steps, run_sync
+from myko_django.live.updates import QueryUpdate, ReportUpdate, Update
+from myko_django.log import publish
+from myko_django.log.commands import Outcome, run_command
+from myko_django.log.read import high_water, read_request, read_snapshot
 
 
 class LiveQuery:
@@ -42,12 +45,10 @@ class LiveQuery:
         self.responses.append(wire)
 
     def set_window(self, window: dict | None) -> None:
-        self.session._deliver(
-            [self.session.hub.engine.set_window(self.session.conn, self.tx, window)]
-        )
+        self.session._deliver([self.session.engine.set_window(self.session.conn, self.tx, window)])
 
     def cancel(self) -> None:
-        self.session.hub.engine.cancel(self.session.conn, self.tx)
+        self.session.engine.cancel(self.session.conn, self.tx)
 
 
 class LiveReport:
@@ -66,7 +67,8 @@ class LiveSession:
     def __init__(self, user: Any = None) -> None:
         self.user = user
         self.conn = object()
-        self.hub = Hub()
+        self.engine = Engine({it.name: it.schema for it in registry})
+        self.sequencer = Sequencer(self.engine, high_water())
         self._tx = itertools.count(1)
         self._inbox: list = []
         self._lock = threading.Lock()
@@ -75,7 +77,7 @@ class LiveSession:
 
     def close(self) -> None:
         publish.remove_listener(self._published)
-        self.hub.engine.drop_connection(self.conn)
+        self.engine.drop_connection(self.conn)
 
     def __enter__(self) -> LiveSession:
         return self
@@ -91,10 +93,18 @@ class LiveSession:
         """Apply every event committed so far and deliver the updates."""
         with self._lock:
             events, self._inbox = self._inbox, []
-        self._deliver(self.hub.receive(events))
-        self._deliver(self.hub.poll())
+        self._deliver(self.sequencer.offer(events))
+        self._run(self.sequencer.fill_gaps())
+        self._run(self.sequencer.poll())
 
-    def _deliver(self, updates) -> None:
+    def _run(self, steps: Steps) -> None:
+        self._deliver(run_sync(steps, read_request))
+
+    def _ensure_store(self, item_type: str) -> None:
+        if not self.engine.has_store(item_type):
+            self._run(self.sequencer.install(read_snapshot(item_type)))
+
+    def _deliver(self, updates: list[Update]) -> None:
         for update in updates:
             if update is None or update.conn is not self.conn:
                 continue
@@ -109,20 +119,20 @@ class LiveSession:
     ) -> LiveQuery:
         item_type, flt = resolve_query(query_id, item_type, params or {})
         self.pump()
-        self._deliver(self.hub.ensure_store(item_type))
+        self._ensure_store(item_type)
         live = LiveQuery(self, f"q{next(self._tx)}")
         self._subs[live.tx] = live
-        self._deliver([self.hub.engine.subscribe_query(self.conn, live.tx, item_type, flt, window)])
+        self._deliver([self.engine.subscribe_query(self.conn, live.tx, item_type, flt, window)])
         return live
 
     def report(self, report_id: str, params: dict | None = None) -> LiveReport:
         spec = resolve_report(report_id, params or {})
         self.pump()
         for item_type in spec.item_types:
-            self._deliver(self.hub.ensure_store(item_type))
+            self._ensure_store(item_type)
         live = LiveReport(f"r{next(self._tx)}")
         self._subs[live.tx] = live
-        self._deliver([self.hub.engine.subscribe_report(self.conn, live.tx, spec)])
+        self._deliver([self.engine.subscribe_report(self.conn, live.tx, spec)])
         return live
 
     def command(self, command_id: str, params: dict | None = None, *, tx: str | None = None) -> Any:
@@ -131,5 +141,5 @@ class LiveSession:
             command_id, params or {}, tx=tx or f"c{next(self._tx)}", user=self.user
         )
         self.pump()
-        self._deliver(self.hub.catch_up(outcome.position))
+        self._run(self.sequencer.catch_up(outcome.position))
         return outcome.response

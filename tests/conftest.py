@@ -3,7 +3,7 @@
 
 import pytest
 
-from myko_django import publish
+from myko_django.log import publish
 
 
 @pytest.fixture
@@ -30,12 +30,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture
 def asgi_app():
-    """The project's ASGI application; the per-loop runtime is closed after the test."""
-    from myko_django import runtime
+    """The project's ASGI application; the per-loop hub is closed after the test."""
+    from myko_django.server import hub
     from project.asgi import application
 
     yield application
-    runtime.reset()
+    hub.reset()
 
 
 @pytest.fixture

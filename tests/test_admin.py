@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from myko_django import eventlog
+from myko_django.log import read as log_read
 from myko_django.models import Event
 from project.demo.models import Scene, Target
 
@@ -33,7 +33,7 @@ def target_form(**fields: str) -> dict[str, str]:
 
 def test_add_edit_delete_target_in_admin(admin: Client):
     scene = Scene.objects.create(name="stage")
-    last = eventlog.high_water()
+    last = log_read.high_water()
 
     response = admin.post(
         reverse("admin:demo_target_add"), target_form(name="lamp", scene=scene.pk)
@@ -62,7 +62,7 @@ def test_add_edit_delete_target_in_admin(admin: Client):
 
 def test_delete_selected_action_logs_each_target(admin: Client):
     a, b, kept = (Target.objects.create(name=n) for n in ("a", "b", "kept"))
-    last = eventlog.high_water()
+    last = log_read.high_water()
 
     response = admin.post(
         reverse("admin:demo_target_changelist"),
@@ -80,7 +80,7 @@ def test_deleting_scene_in_admin_logs_set_null_targets(admin: Client):
     t1 = Target.objects.create(name="t1", scene=scene)
     t2 = Target.objects.create(name="t2", scene=scene)
     other = Target.objects.create(name="other")
-    last = eventlog.high_water()
+    last = log_read.high_water()
 
     response = admin.post(reverse("admin:demo_scene_delete", args=[scene.pk]), {"post": "yes"})
 

@@ -651,7 +651,7 @@ async def test_non_finite_float_in_an_item_is_rejected(watched, fmt):
 async def test_client_vanishing_mid_command_still_commits_and_leaves_no_subscriptions(
     asgi_app, fmt
 ):
-    from myko_django.runtime import _runtimes
+    from myko_django.server.hub import _hubs
 
     c = await Client(asgi_app, fmt).connect()
     await c.subscribe("GetAllGadgets", "Gadget")
@@ -659,7 +659,7 @@ async def test_client_vanishing_mid_command_still_commits_and_leaves_no_subscrip
     await c.expect("ws:m:report-response")
     await c.query("GetAllTargets", "Target", event="ws:m:view", window={"offset": 0, "limit": 5})
     await c.expect("ws:m:view-response")
-    runtime = _runtimes[asyncio.get_running_loop()]
+    runtime = _hubs[asyncio.get_running_loop()]
     assert runtime.engine.stats()["subscriptions"] == 3
     tx = await c.command("SlowCount", {"label": "vanish", "wait": 0.5})
     await asyncio.sleep(0.15)  # the command is running

@@ -245,10 +245,10 @@ def test_loaddata_is_captured(tmp_path):
 
 
 def test_floats_read_back_from_the_log_stay_floats():
-    from myko_django import eventlog
+    from myko_django.log import read as log_read
 
     Gadget.objects.create(label="f", ratio=1e16)
-    (event,) = list(eventlog.read(0))
+    (event,) = list(log_read.read(0))
     assert type(event.item["ratio"]) is float and event.item["ratio"] == 1e16
 
 

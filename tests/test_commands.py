@@ -8,9 +8,9 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from myko_django.commands import CommandError, run_command
+from myko_django.log.commands import CommandError, run_command
+from myko_django.log.writepath import Change, apply_batch, apply_events
 from myko_django.models import CommandResult, Event
-from myko_django.writepath import Change, apply_batch, apply_events
 from project.demo.models import Target
 from tests.testapp.models import Gadget, Owner
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from django.db import connection
 
-from myko_django import doorbell, runtime
-from myko_django.filters import compile_filter
-from myko_django.registry import registry
+from myko_django.items.registry import registry
+from myko_django.live.filters import compile_filter
+from myko_django.server import doorbell, hub
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -23,7 +23,7 @@ def slow_poll(settings):
         pytest.fail("this test needs REDIS_URL (bin/test sets it): the doorbell is Redis")
     settings.MYKO = {"POLL_INTERVAL": 60.0}
     yield
-    runtime.reset()
+    hub.reset()
 
 
 def _write_in_another_process(code: str) -> None:
@@ -36,7 +36,7 @@ def _write_in_another_process(code: str) -> None:
 
 
 async def test_other_process_write_arrives_through_the_layer(slow_poll):
-    rt = await runtime.get_runtime()
+    rt = await hub.get_hub()
     assert rt.doorbell.layer is not None
     await rt.ensure_store("Scene")
     received = []
@@ -53,7 +53,7 @@ async def test_other_process_write_arrives_through_the_layer(slow_poll):
         await asyncio.sleep(0.02)
     assert [u.sequence for u in received] == [0, 1]
     assert received[1].upserts.items[0]["name"] == "rung"
-    assert rt.hub.repairs == 0  # the doorbell carried the event; no log read was needed
+    assert rt.sequencer.log_reads == 0  # the doorbell carried the event; no log read was needed
 
 
 def test_group_is_per_database():

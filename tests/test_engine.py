@@ -6,16 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from myko_django.engine import (
-    Engine,
-    EngineError,
-    Event,
-    QueryUpdate,
-    ReportSpec,
-    ReportUpdate,
-    WindowError,
-)
-from myko_django.filters import Filter, ItemSchema, compile_filter, field_key, filter_for_ids
+from myko_django.live.committed import CommittedEvent as Event
+from myko_django.live.engine import Engine
+from myko_django.live.filters import Filter, ItemSchema, compile_filter, field_key, filter_for_ids
+from myko_django.live.updates import EngineError, QueryUpdate, ReportSpec, ReportUpdate
+from myko_django.wire.envelope import WindowError
 
 T = "Target"
 SCHEMA = ItemSchema(
@@ -681,7 +676,7 @@ def test_property_subscriber_state_matches_store(initial, subs, batches, moves):
 def test_new_subscription_through_the_store_index_equals_a_scan(ops, params):
     """A new live result on a large store looks its equality field up in an index kept
     current by every event; it must find exactly what scanning the store finds."""
-    import myko_django.engine.core as core
+    import myko_django.live.engine as core
 
     indexed, scanned, log = engine(), engine(), Log()
     scanned_events = []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from myko_django.filters import (
+from myko_django.live.filters import (
     Filter,
     FilterError,
     ItemSchema,

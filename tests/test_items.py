@@ -9,7 +9,8 @@ from django.core import checks
 from django.db import models
 
 from myko_django.checks import check_items
-from myko_django.registry import ItemError, ItemType, Registry, registry
+from myko_django.items.errors import ItemError
+from myko_django.items.registry import ItemType, Registry, registry
 from project.demo.models import Target
 from tests.testapp.models import Gadget, Owner
 

@@ -1,10 +1,15 @@
 """Live queries and reports in-process: ORM writes and commands reach subscribers as diffs."""
 
+import collections
+
 import pytest
 from django.db import transaction
 
-from myko_django.hub import Hub
-from myko_django.operations import OperationError
+from myko_django.items.errors import OperationError
+from myko_django.items.registry import registry
+from myko_django.live.engine import Engine
+from myko_django.live.sequencer import LogRead, Sequencer, run_sync
+from myko_django.log.read import high_water, read, read_request, read_snapshot
 from myko_django.testing import LiveSession
 from project.demo.models import Scene, Target
 from tests.testapp.models import Gadget
@@ -128,80 +133,73 @@ def test_bad_queries_get_clear_errors(session, query_id, item_type, params, mess
     assert message in str(info.value)
 
 
-def test_hub_repairs_gaps_and_ignores_duplicates_and_stale_events():
-    hub = Hub()
-    hub.ensure_store("Target")
+def _sequencer() -> Sequencer:
+    return Sequencer(Engine({it.name: it.schema for it in registry}), high_water())
+
+
+def _load(sequencer: Sequencer, item_type: str) -> None:
+    run_sync(sequencer.install(read_snapshot(item_type)), read_request)
+
+
+def test_sequencer_repairs_gaps_and_ignores_duplicates_and_stale_events():
+    sequencer = _sequencer()
+    _load(sequencer, "Target")
     with transaction.atomic():
         Target.objects.create(name="a")
     with transaction.atomic():
         Target.objects.create(name="b")
-    from myko_django import eventlog
+    first, second = list(read(0))
+    sequencer.offer([second])  # first never rang the doorbell: read from the log
+    assert sequencer.gap() == (first.position - 1, second.position)
+    run_sync(sequencer.fill_gaps(), read_request)
+    assert sequencer.applied == second.position and sequencer.log_reads == 1
+    assert {i["name"] for i in sequencer.engine.items("Target").values()} == {"a", "b"}
+    assert sequencer.offer([first, second]) == []  # already applied: ignored
 
-    first, second = list(eventlog.read(0))
-    hub.receive([second])  # first never rang the doorbell: read from the log
-    assert hub.applied == second.position and hub.repairs == 1
-    assert {i["name"] for i in hub.engine.items("Target").values()} == {"a", "b"}
-    assert hub.receive([first, second]) == []  # already applied: ignored
 
-
-def test_store_loaded_behind_the_hub_replays_what_it_missed():
-    hub = Hub()
+def test_store_loaded_behind_the_sequencer_replays_what_it_missed():
+    sequencer = _sequencer()
     t = Target.objects.create(name="a")
-    from myko_django.hub import read_snapshot
-
     snapshot = read_snapshot("Target")
     Target.objects.filter(pk=t.pk).update(name="b")  # after the snapshot
-    hub.poll()  # the hub applies it before the store exists
-    hub.install(snapshot)
-    assert hub.engine.items("Target")[t.pk]["name"] == "b"
+    run_sync(sequencer.poll(), read_request)  # applied before the store exists
+    install = sequencer.install(snapshot)
+    with pytest.raises(StopIteration):  # the history covers it: no log read
+        next(install)
+    assert sequencer.engine.items("Target")[t.pk]["name"] == "b"
 
 
 def test_store_loaded_further_behind_than_history_reads_the_gap_from_the_log():
-    """The hub keeps recent events only; an install that needs older ones asks for a log
-    read (so the server can do it off its event loop) and finishes with what was read."""
-    import collections
-
-    from myko_django.hub import NeedsLog, read_missed, read_snapshot
-
-    hub = Hub()
-    hub._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
+    """The sequencer keeps recent events only; an install that needs older ones asks for a
+    log read (so the server can do it off its event loop) and finishes with what was read."""
+    sequencer = _sequencer()
+    sequencer._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
     t = Target.objects.create(name="a")
     snapshot = read_snapshot("Target")
     for name in ("b", "c", "d"):
         Target.objects.filter(pk=t.pk).update(name=name)
-    hub.poll()
-    with pytest.raises(NeedsLog) as need:
-        hub.install(snapshot)
-    assert (need.value.after, need.value.upto) == (snapshot.position, hub.applied)
-    read = read_missed("Target", need.value.after, need.value.upto)
-    hub.install(snapshot, read, need.value.upto)
-    assert hub.engine.items("Target")[t.pk]["name"] == "d"
+    run_sync(sequencer.poll(), read_request)
+    install = sequencer.install(snapshot)
+    request = next(install)
+    assert request == LogRead(snapshot.position, sequencer.applied, "Target")
+    with pytest.raises(StopIteration):
+        install.send(read_request(request))
+    assert sequencer.engine.items("Target")[t.pk]["name"] == "d"
 
 
 def test_store_install_behind_many_events_of_other_types_finishes():
     """The log read for an install returns only its own type's events; what it covered is
     the range read, not its last event (else it would ask again forever)."""
-    import collections
-
-    from myko_django.hub import NeedsLog, read_missed, read_snapshot
-    from project.demo.models import Scene
-
-    hub = Hub()
-    hub._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
+    sequencer = _sequencer()
+    sequencer._history = collections.deque(maxlen=1)  # noqa: SLF001 - a tiny history
     t = Target.objects.create(name="a")
     snapshot = read_snapshot("Target")
     Target.objects.filter(pk=t.pk).update(name="b")
     for i in range(3):
         Scene.objects.create(name=f"s{i}")  # later events, none of them Targets
-    hub.poll()
-    read, upto = [], 0
-    for _ in range(3):
-        try:
-            hub.install(snapshot, read, upto)
-            break
-        except NeedsLog as need:
-            read += read_missed("Target", need.after, need.upto)
-            upto = need.upto
-    else:
-        raise AssertionError("install kept asking for the log")
-    assert hub.engine.items("Target")[t.pk]["name"] == "b"
+    run_sync(sequencer.poll(), read_request)
+    install = sequencer.install(snapshot)
+    request = next(install)
+    with pytest.raises(StopIteration):  # one read is enough
+        install.send(read_request(request))
+    assert sequencer.engine.items("Target")[t.pk]["name"] == "b"

@@ -18,10 +18,11 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.db.models import F
 
-from myko_django import eventlog, reconcile
+from myko_django.items.registry import registry
+from myko_django.log import append, reconcile
+from myko_django.log import read as log_read
 from myko_django.management.commands import myko_resync
 from myko_django.models import Event
-from myko_django.registry import registry
 from project.demo.models import Scene, Target
 from tests.testapp.models import Gadget, LegacyRow, Note, Owner, Stamp
 
@@ -260,9 +261,7 @@ def test_rebuild_restores_tables_exactly_without_appending(page_size: int):
 def test_rebuild_refuses_to_orphan_non_item_rows():
     anchor = random_writes(seed=7, rounds=10)
     with transaction.atomic():
-        eventlog.append(
-            [eventlog.Pending("DEL", "Gadget", anchor.pk, None)], tx="t", source_id=None
-        )
+        append.append([append.Pending("DEL", "Gadget", anchor.pk, None)], tx="t", source_id=None)
     sql(f"UPDATE {table(Owner)} SET name = 'corrupt'")
     before, events = snapshot(), log()
 
@@ -279,7 +278,7 @@ def test_resync_appends_exactly_the_missing_events_once(page_size: int):
     gone = Gadget.objects.create(label="gone")
     legacy = LegacyRow.objects.create(title="old")
     Owner.objects.create(name="untouched")
-    last = eventlog.high_water()
+    last = log_read.high_water()
 
     sql(f"INSERT INTO {table(Scene)} (id, name) VALUES ('raw-scene', 'raw')")
     sql(f"UPDATE {table(Target)} SET name = 'renamed' WHERE id = %s", [target.pk])
@@ -312,25 +311,25 @@ def test_resync_appends_exactly_the_missing_events_once(page_size: int):
     assert "Legacy: 0 SET, 1 DEL" in out
     assert "Appended 2 SET, 2 DEL in total" in out
 
-    high = eventlog.high_water()
+    high = log_read.high_water()
     assert "Appended 0 SET, 0 DEL in total." in run("myko_resync")
-    assert eventlog.high_water() == high
+    assert log_read.high_water() == high
 
     tables = snapshot()
     assert "0 inserted, 0 updated, 0 deleted" in run("myko_rebuild")
     assert snapshot() == tables
-    assert eventlog.high_water() == high
+    assert log_read.high_water() == high
 
 
 def test_resync_dry_run_and_item_type_filter():
     Scene.objects.create(name="a")
     sql(f"UPDATE {table(Scene)} SET name = 'b'")
     sql(f"INSERT INTO {table(Owner)} (id, name) VALUES ('raw-owner', 'x')")
-    last = eventlog.high_water()
+    last = log_read.high_water()
 
     out = run("myko_resync", "--dry-run")
     assert "Would append 2 SET, 0 DEL in total." in out
-    assert eventlog.high_water() == last
+    assert log_read.high_water() == last
 
     out = run("myko_resync", "--item-type", "Scene")
     assert "Scene: 1 SET, 0 DEL" in out and "Owner" not in out
@@ -365,7 +364,7 @@ def test_rebuild_item_type_filter_and_confirmation(monkeypatch):
 def test_rebuild_inserts_logged_rows_and_moves_the_id_sequence():
     with transaction.atomic():
         item = {"id": "500", "title": "from log", "amount": "2.50", "when": "2021-02-03"}
-        eventlog.append([eventlog.Pending("SET", "Legacy", "500", item)], tx="t", source_id=None)
+        append.append([append.Pending("SET", "Legacy", "500", item)], tx="t", source_id=None)
 
     assert "Legacy: 1 inserted, 0 updated, 0 deleted" in run("myko_rebuild")
 
@@ -381,7 +380,7 @@ def test_rebuild_inserts_logged_rows_and_moves_the_id_sequence():
 def test_rebuild_refuses_a_logged_item_the_table_cannot_store():
     with transaction.atomic():
         item = {"id": "1", "title": "x", "amount": 3}  # amount must be a decimal string
-        eventlog.append([eventlog.Pending("SET", "Legacy", "1", item)], tx="t", source_id=None)
+        append.append([append.Pending("SET", "Legacy", "1", item)], tx="t", source_id=None)
 
     with pytest.raises(CommandError, match=r"Legacy 1: .*Legacy\.amount must be a string"):
         run("myko_rebuild")

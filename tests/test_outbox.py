@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from myko_django.consumer import Outbox
+from myko_django.server.endpoint import Outbox
 
 pytestmark = [pytest.mark.core]
 

@@ -5,8 +5,8 @@ import decimal
 
 import pytest
 
-from myko_django.hub import read_snapshot
-from myko_django.registry import registry
+from myko_django.items.registry import registry
+from myko_django.log.read import read_snapshot
 from tests.test_items import every_kind
 from tests.testapp.models import Gadget, LegacyRow, Owner
 

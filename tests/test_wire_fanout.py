@@ -7,8 +7,9 @@ import cbor2
 import msgpack
 import pytest
 
-from myko_django import wire
-from myko_django.engine.updates import QueryUpdate, SharedItems
+from myko_django.live.updates import QueryUpdate, SharedItems
+from myko_django.server.fanout import encode_query_response
+from myko_django.wire import codecs as wire
 
 pytestmark = [pytest.mark.core]
 
@@ -39,7 +40,7 @@ def test_subscribers_of_one_batch_each_get_their_own_tx_and_sequence(fmt, window
         for tx in TXS:
             for sequence in SEQUENCES:
                 update = QueryUpdate("c", tx, sequence, items, deletes, 7, window, changes)
-                message = decode(wire.encode_query_response(update, fmt, event), fmt)
+                message = decode(encode_query_response(update, fmt, event), fmt)
                 assert message == {"event": event, "data": update.to_wire()}
 
 
@@ -48,9 +49,9 @@ def test_the_shared_part_is_encoded_once_per_batch():
     deletes: list[str] = []
     a = QueryUpdate("c1", "a", 3, items, deletes, 1)
     b = QueryUpdate("c2", "b", 9, items, deletes, 1)
-    wire.encode_query_response(a, wire.JSON)
+    encode_query_response(a, wire.JSON)
     cached = len(items.cache)
-    wire.encode_query_response(b, wire.JSON)
+    encode_query_response(b, wire.JSON)
     assert len(items.cache) == cached  # nothing new for the second subscriber
     c = QueryUpdate("c3", "c", 1, items, ["t9"], 0)  # other deletes and total: their own part
-    assert json.loads(wire.encode_query_response(c, wire.JSON))["data"]["deletes"] == ["t9"]
+    assert json.loads(encode_query_response(c, wire.JSON))["data"]["deletes"] == ["t9"]

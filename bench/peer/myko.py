@@ -1,6 +1,6 @@
 """The fan-out writer's command, found by myko at start-up like any app's myko.py."""
 
-from myko_django.operations import command
+from myko_django import command
 from project.demo.models import Target
 
 

@@ -1,6 +1,6 @@
 """The demo's own operations, found by myko at start-up (each app's myko.py)."""
 
-from myko_django.operations import command
+from myko_django import command
 
 from .models import Target
 

@@ -6,7 +6,7 @@ import decimal
 from django.db import models
 
 import myko_django
-from myko_django.managers import ItemManager
+from myko_django import ItemManager
 from myko_django.models import Item
 
 

@@ -5,7 +5,7 @@ import time
 
 from django.db import transaction
 
-from myko_django.operations import command, query, report
+from myko_django import command, query, report
 
 from .models import Gadget
 

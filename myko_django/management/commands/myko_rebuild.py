@@ -15,8 +15,9 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, tra
 from django.db.models import sql
 from tqdm import tqdm
 
-from ...models import Event
-from ...reconcile import (
+from myko_django.items.errors import ItemError
+from myko_django.items.registry import ItemType, registry
+from myko_django.log.reconcile import (
     item_types,
     latest_for,
     latest_pages,
@@ -25,7 +26,7 @@ from ...reconcile import (
     plain_rows,
     same,
 )
-from ...registry import ItemError, ItemType, registry
+from myko_django.log.tables import Event
 
 
 class Command(BaseCommand):

@@ -9,9 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from ... import eventlog
-from ...models import Event
-from ...reconcile import (
+from myko_django.items.registry import ItemType
+from myko_django.log import append
+from myko_django.log.reconcile import (
     existing_ids,
     item_types,
     latest_for,
@@ -20,7 +20,7 @@ from ...reconcile import (
     same,
     table_pages,
 )
-from ...registry import ItemType
+from myko_django.log.tables import Event
 
 _FLUSH = 500  # events per append
 
@@ -80,13 +80,13 @@ class Command(BaseCommand):
     def _resync(self, item_type: ItemType, tx: str, using: str, dry_run: bool) -> tuple[int, int]:
         """Compare one item type's table with the log; append (unless dry) what differs."""
         name = item_type.name
-        pending: list[eventlog.Pending] = []
+        pending: list[append.Pending] = []
         sets = dels = 0
 
         def flush(force: bool = False) -> None:
             if pending and (force or len(pending) >= _FLUSH):
                 if not dry_run:
-                    eventlog.append(list(pending), tx=tx, source_id="myko_resync", using=using)
+                    append.append(list(pending), tx=tx, source_id="myko_resync", using=using)
                 pending.clear()
 
         for rows in table_pages(item_type.model, using):
@@ -96,7 +96,7 @@ class Command(BaseCommand):
                 item = item_type.encode(row)
                 change_type, payload = logged.get(item_id, (None, None))
                 if change_type != Event.SET or not same(item, payload):
-                    pending.append(eventlog.Pending(Event.SET, name, item_id, item))
+                    pending.append(append.Pending(Event.SET, name, item_id, item))
                     sets += 1
             flush()
         for page in latest_pages(name, using):
@@ -104,7 +104,7 @@ class Command(BaseCommand):
             present = existing_ids(item_type, [i for i, _ in logged_sets], using)
             for item_id, payload in logged_sets:
                 if item_id not in present:
-                    pending.append(eventlog.Pending(Event.DEL, name, item_id, payload))
+                    pending.append(append.Pending(Event.DEL, name, item_id, payload))
                     dels += 1
             flush()
         flush(force=True)

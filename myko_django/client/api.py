@@ -18,8 +18,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from . import wire
-from .engine import parse_window
+from myko_django.wire import codecs as wire
+from myko_django.wire import envelope as ev
+from myko_django.wire.envelope import RESERVED_KEYS, parse_window
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -38,7 +39,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024  # the server's default MAX_MESSAGE_SIZE
-RESERVED = ("tx", "createdAt", "seq", "userToken")  # PROTOCOL.md §2: never parameters
 
 
 class MykoError(Exception):
@@ -83,7 +83,7 @@ def _now() -> str:
 
 def _check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     params = dict(params or {})
-    reserved = [key for key in RESERVED if key in params]
+    reserved = sorted(key for key in RESERVED_KEYS if key in params)
     if reserved:
         raise ValueError(f"{', '.join(reserved)} is reserved by the protocol, not a parameter")
     return params
@@ -220,7 +220,7 @@ class Query(_Subscription):
         }
         if self.window is not None:
             data["window"] = self.window
-        return {"event": "ws:m:query", "data": data}
+        return {"event": ev.QUERY, "data": data}
 
     def _snapshot(self) -> dict[str, dict]:
         return dict(self.items)
@@ -269,7 +269,7 @@ class Query(_Subscription):
             raise self.error or MykoError(f"query {self.tx} was cancelled")
         self.window = dict(window) if window is not None else None
         self._client._enqueue(
-            {"event": "ws:m:query-window", "data": {"tx": self.tx, "window": self.window}}
+            {"event": ev.QUERY_WINDOW, "data": {"tx": self.tx, "window": self.window}}
         )
 
 
@@ -289,7 +289,7 @@ class Report(_Subscription):
 
     def _message(self) -> dict:
         report = {**self.params, "tx": self.tx}
-        return {"event": "ws:m:report", "data": {"report": report, "reportId": self.report_id}}
+        return {"event": ev.REPORT, "data": {"report": report, "reportId": self.report_id}}
 
     def _snapshot(self) -> Any:
         return self.value
@@ -547,24 +547,24 @@ class Client:
             return
         event, data = message.get("event"), message["data"]
         tx = data.get("tx") if isinstance(data, dict) else None
-        if event in ("ws:m:query-response", "ws:m:report-response"):
+        if event in (ev.QUERY_RESPONSE, ev.REPORT_RESPONSE):
             sub = self._subs.get(tx)
-            kind = "query" if event == "ws:m:query-response" else "report"
+            kind = "query" if event == ev.QUERY_RESPONSE else "report"
             if sub is not None and sub.kind == kind:
                 sub._apply(data)
-        elif event in ("ws:m:query-error", "ws:m:report-error"):
+        elif event in (ev.QUERY_ERROR, ev.REPORT_ERROR):
             self._subscription_error(event, data)
-        elif event in ("ws:m:command-response", "ws:m:command-error"):
+        elif event in (ev.COMMAND_RESPONSE, ev.COMMAND_ERROR):
             pending = self._commands.pop(tx, None)
             if pending is None or pending.future.done():
                 return  # a replayed command answered twice, or its caller gave up
-            if event == "ws:m:command-response":
+            if event == ev.COMMAND_RESPONSE:
                 pending.future.set_result(data.get("response"))
             else:
                 message = data.get("message") or "command failed"
                 error = CommandFailed(message, command_id=data.get("commandId"), tx=tx)
                 pending.future.set_exception(error)
-        elif event == "ws:m:event-error":
+        elif event == ev.EVENT_ERROR:
             self.event_errors.append(data)
             logger.info("myko: event rejected: %s", data.get("message"))
             if self.on_event_error is not None:
@@ -572,11 +572,11 @@ class Client:
                     self.on_event_error(data)
                 except Exception:
                     logger.exception("myko: on_event_error callback failed")
-        elif event == "ws:m:ping":
+        elif event == ev.PING:
             started, future = self._pings.pop(data.get("id"), (0.0, None))
             if future is not None and not future.done():
                 future.set_result(asyncio.get_running_loop().time() - started)
-        elif event != "ws:m:protocol-switch":
+        elif event != ev.PROTOCOL_SWITCH:
             logger.debug("myko: ignored %s", event)
 
     def _subscription_error(self, event: str, data: dict) -> None:
@@ -633,7 +633,7 @@ class Client:
         if tx in self._commands:
             raise ValueError(f"a command with tx {tx!r} is already waiting")
         request = {**_check_params({**(params or {}), **kwargs}), "tx": tx, "createdAt": _now()}
-        message = {"event": "ws:m:command", "data": {"command": request, "commandId": command_id}}
+        message = {"event": ev.COMMAND, "data": {"command": request, "commandId": command_id}}
         future = asyncio.get_running_loop().create_future()
         self._enqueue(message, command_tx=tx)
         self._commands[tx] = _PendingCommand(command_id, message, future)
@@ -685,14 +685,12 @@ class Client:
             "createdAt": _now(),
             "tx": tx,
         }
-        await self._send({"event": "ws:m:event", "data": event}, keep=True)
+        await self._send({"event": ev.EVENT, "data": event}, keep=True)
         return tx
 
     async def send_events(self, events: list[Mapping[str, Any]]) -> None:
         """Publish MEvent dicts as one `ws:m:event-batch` (the valid ones commit together)."""
-        await self._send(
-            {"event": "ws:m:event-batch", "data": [dict(e) for e in events]}, keep=True
-        )
+        await self._send({"event": ev.EVENT_BATCH, "data": [dict(e) for e in events]}, keep=True)
 
     async def ping(self) -> float:
         """Round trip to the server in seconds, measured with `ws:m:ping`."""
@@ -703,7 +701,7 @@ class Client:
         self._pings[ping_id] = (loop.time(), future)
         timestamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
         try:
-            self._enqueue({"event": "ws:m:ping", "data": {"id": ping_id, "timestamp": timestamp}})
+            self._enqueue({"event": ev.PING, "data": {"id": ping_id, "timestamp": timestamp}})
             return await future
         finally:
             self._pings.pop(ping_id, None)

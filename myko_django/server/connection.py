@@ -1,55 +1,82 @@
 """One connection's side of the myko protocol (PROTOCOL.md), without a socket.
 
-The consumer hands it frames and gives it a `send(frame)` callable; everything else
-(format switching, subscriptions, the command queue, bad input) happens here.
+The endpoint hands it frames and gives it a `send(frame)` callable; everything else
+(format switching, subscriptions, the command queue, bad input) happens here. What needs
+the database comes in through a `Backend` (server/backend.py has the real one), so the
+protocol runs in a unit test with no Django, no database and no socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import logging
-import os
-import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from . import __version__, conf, wire
-from .commands import CommandError, run_command
-from .engine import QueryUpdate, ReportUpdate, Update, WindowError
-from .operations import OperationError, resolve_query, resolve_report
-from .registry import ItemError
-from .runtime import Runtime
-from .writepath import apply_events
+from myko_django.items.errors import ItemError, OperationError
+from myko_django.live.engine import Engine
+from myko_django.live.filters import Filter
+from myko_django.live.updates import QueryUpdate, ReportSpec, ReportUpdate, Update
+from myko_django.server.fanout import encode_query_response
+from myko_django.wire import codecs
+from myko_django.wire import envelope as ev
+from myko_django.wire.envelope import WindowError
 
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
-STARTED_AT = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
 # Query-like subscriptions: (request event, id key, item type key, response, error).
 _KINDS = {
-    "ws:m:query": ("query", "queryId", "queryItemType", "ws:m:query-response", "ws:m:query-error"),
-    "ws:m:view": ("view", "viewId", "viewItemType", "ws:m:view-response", "ws:m:view-error"),
-}
-_CLIENT_BOUND = {
-    "ws:m:query-response",
-    "ws:m:query-error",
-    "ws:m:view-response",
-    "ws:m:view-error",
-    "ws:m:report-response",
-    "ws:m:report-error",
-    "ws:m:command-response",
-    "ws:m:command-error",
-    "ws:m:event-error",
-    "ws:m:protocol-switch",
+    ev.QUERY: ("query", "queryId", "queryItemType", ev.QUERY_RESPONSE, ev.QUERY_ERROR),
+    ev.VIEW: ("view", "viewId", "viewItemType", ev.VIEW_RESPONSE, ev.VIEW_ERROR),
 }
 
 Frame = str | bytes
+
+
+class CommandRejected(Exception):
+    """A command that failed; its message goes to the client as ws:m:command-error."""
+
+
+class Backend(Protocol):
+    """The database side of a connection. Resolving names is quick and runs on the loop;
+    commands and events are awaited (the real backend runs them on the hub's pool)."""
+
+    allow_client_events: bool
+
+    def resolve_query(self, query_id: Any, item_type: Any, request: Any) -> tuple[str, Filter]:
+        """(item type, filter) of a query; OperationError or ItemError says what is wrong."""
+
+    def resolve_report(self, report_id: Any, request: Any) -> ReportSpec: ...
+
+    async def run_command(
+        self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
+    ) -> tuple[Any, int]:
+        """(response, last position committed); raises CommandRejected."""
+
+    async def apply_events(
+        self, events: list[Any], *, source_id: str
+    ) -> tuple[int, list[tuple[int, Any, str]]]:
+        """(last position committed, [(index, event, message) of each rejected event])."""
+
+    def servers(self, op_id: str, address: tuple[str, int] | None) -> list[dict]:
+        """The items of GetConnectedServer / GetPeerServers."""
+
+
+class Hub(Protocol):
+    """What a connection needs of its process's hub (server/hub.py)."""
+
+    engine: Engine
+
+    def attach(self, conn: Hashable, sink: Callable[[Update], None]) -> None: ...
+    def detach(self, conn: Hashable) -> None: ...
+    def deliver(self, updates: Sequence[Update | None]) -> None: ...
+    async def ensure_store(self, item_type: str) -> None: ...
+    async def catch_up(self, position: int) -> None: ...
 
 
 @dataclass
@@ -64,23 +91,25 @@ class _Pending:
     op_id: str
 
 
-class Session:
+class Connection:
     """The protocol state of one WebSocket connection."""
 
     def __init__(
         self,
-        runtime: Runtime,
+        hub: Hub,
+        backend: Backend,
         send: Callable[[Frame], None],
         *,
         user: Any = None,
         address: tuple[str, int] | None = None,
     ) -> None:
         self.id = f"c{next(_ids)}"
-        self.runtime = runtime
+        self.hub = hub
+        self.backend = backend
         self.send_frame = send
         self.user = user
         self.address = address
-        self.fmt = wire.JSON  # outgoing format
+        self.fmt = codecs.JSON  # outgoing format
         self.binary_fmt: str | None = None  # fixed by the first binary frame that decodes
         self.kinds: dict[str, str] = {}  # tx -> response event of its query/view/static sub
         self.op_ids: dict[str, Any] = {}  # tx -> the queryId/viewId it subscribed with
@@ -90,12 +119,12 @@ class Session:
         self.benchmarks = 0
         self._work: asyncio.Queue = asyncio.Queue()
         self._worker = asyncio.get_running_loop().create_task(self._run_work())
-        runtime.attach(self, self._deliver)
+        hub.attach(self, self._deliver)
 
     async def close(self) -> None:
         """The client went away: drop subscriptions; a running command still finishes."""
         self.loading.clear()  # stores still loading must not subscribe a closed connection
-        self.runtime.detach(self)
+        self.hub.detach(self)
         self._worker.cancel()
         try:
             await self._worker
@@ -107,7 +136,7 @@ class Session:
     def send(self, event: str, data: Any) -> bool:
         """Encode and queue one message; False (logged) if the format cannot carry it."""
         try:
-            frame = wire.encode({"event": event, "data": data}, self.fmt)
+            frame = codecs.encode({"event": event, "data": data}, self.fmt)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             # NaN echoed to JSON, a 65-bit integer to MessagePack, a command's result that
             # no format carries: the sender is told where it can be, nothing else breaks.
@@ -118,14 +147,14 @@ class Session:
 
     def _deliver(self, update: Update) -> None:
         if isinstance(update, QueryUpdate):
-            event = self.kinds.get(update.tx, "ws:m:query-response")
+            event = self.kinds.get(update.tx, ev.QUERY_RESPONSE)
             try:
-                frame = wire.encode_query_response(update, self.fmt, event)
+                frame = encode_query_response(update, self.fmt, event)
             except Exception as exc:
                 # E.g. a JSON field holding a 65-bit integer written through the ORM, sent
                 # to a MessagePack client: end this subscription with an error, not a gap.
                 logger.exception("myko: connection %s: could not encode %s", self.id, event)
-                kind = "view" if event == "ws:m:view-response" else "query"
+                kind = "view" if event == ev.VIEW_RESPONSE else "query"
                 self.send(
                     f"ws:m:{kind}-error",
                     {
@@ -135,11 +164,11 @@ class Session:
                     },
                 )
                 self._forget(update.tx)
-                self.runtime.engine.cancel(self, update.tx)
+                self.hub.engine.cancel(self, update.tx)
                 return
             self.send_frame(frame)
         elif isinstance(update, ReportUpdate):
-            self.send("ws:m:report-response", {"response": update.value, "tx": update.tx})
+            self.send(ev.REPORT_RESPONSE, {"response": update.value, "tx": update.tx})
 
     def _forget(self, tx: str) -> None:
         """This connection no longer has a query or view under `tx`."""
@@ -149,22 +178,22 @@ class Session:
     # ---- incoming -------------------------------------------------------------------
 
     async def receive_text(self, text: str) -> None:
-        if text == wire.SWITCH_TEXT:
-            self.send_frame(wire.SWITCH_REPLY)
-            self.fmt = self.binary_fmt or wire.MSGPACK
-            self.binary_fmt = self.binary_fmt or wire.MSGPACK
+        if text == ev.SWITCH_TEXT:
+            self.send_frame(ev.SWITCH_REPLY)
+            self.fmt = self.binary_fmt or codecs.MSGPACK
+            self.binary_fmt = self.binary_fmt or codecs.MSGPACK
             return
         try:
-            message = wire.decode_text(text)
-        except wire.WireError as exc:
+            message = codecs.decode_text(text)
+        except codecs.WireError as exc:
             return self._bad(str(exc))
         await self._handle_safely(message)
 
     async def receive_bytes(self, data: bytes) -> None:
         try:
-            fmt = self.binary_fmt or wire.detect_binary(data)
-            message = wire.decode_binary(data, fmt)
-        except wire.WireError as exc:
+            fmt = self.binary_fmt or codecs.detect_binary(data)
+            message = codecs.decode_binary(data, fmt)
+        except codecs.WireError as exc:
             return self._bad(str(exc))
         if self.binary_fmt is None:
             self.binary_fmt = fmt
@@ -190,26 +219,26 @@ class Session:
         event, data = message["event"], message.get("data")
         if event in _KINDS:
             return await self._subscribe(event, data)
-        if event == "ws:m:report":
+        if event == ev.REPORT:
             return await self._report(data)
-        if event in ("ws:m:command", "ws:m:event", "ws:m:event-batch"):
+        if event in (ev.COMMAND, ev.EVENT, ev.EVENT_BATCH):
             return self._work.put_nowait((event, data))
-        if event in ("ws:m:query-cancel", "ws:m:view-cancel", "ws:m:report-cancel"):
+        if event in (ev.QUERY_CANCEL, ev.VIEW_CANCEL, ev.REPORT_CANCEL):
             tx = data.get("tx") if isinstance(data, dict) else None
             if not isinstance(tx, str):
                 return self._bad(f"{event} without a string tx")
             self._forget(tx)
             self.loading.pop(tx, None)
-            self.runtime.engine.cancel(self, tx)
+            self.hub.engine.cancel(self, tx)
             return
-        if event in ("ws:m:query-window", "ws:m:view-window"):
+        if event in (ev.QUERY_WINDOW, ev.VIEW_WINDOW):
             return self._window(event, data)
-        if event == "ws:m:ping":
-            return self.send("ws:m:ping", data)
-        if event == "ws:m:benchmark":
+        if event == ev.PING:
+            return self.send(ev.PING, data)
+        if event == ev.BENCHMARK:
             self.benchmarks += 1
             return
-        if event in _CLIENT_BOUND:
+        if event in ev.SERVER_TO_CLIENT:
             return self._bad(f"{event} is sent by servers, not clients")
         return self._bad(f"unknown event {event!r:.60}")
 
@@ -228,13 +257,13 @@ class Session:
             self.kinds[tx] = response
             return self._static_servers(op_id, tx, response)
         try:
-            item_type, flt = resolve_query(op_id, data.get(type_key), request)
+            item_type, flt = self.backend.resolve_query(op_id, data.get(type_key), request)
         except (OperationError, ItemError) as exc:
             return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
         self.kinds[tx] = response
         self.op_ids[tx] = sys.intern(op_id) if isinstance(op_id, str) else op_id
         pending = _Pending(item_type, flt, data.get("window"), error, id_key, op_id)
-        if self.runtime.engine.has_store(item_type):
+        if self.hub.engine.has_store(item_type):
             return self._start(tx, pending)
         # Load the store without holding up this connection's later messages (pings,
         # cancels); a cancel or window update meanwhile is applied to `pending`.
@@ -245,7 +274,7 @@ class Session:
 
     async def _load_then_start(self, tx: str, pending: _Pending) -> None:
         try:
-            await self.runtime.ensure_store(pending.item_type)
+            await self.hub.ensure_store(pending.item_type)
         except Exception as exc:
             logger.exception("myko: loading %s failed", pending.item_type)
             if self.loading.get(tx) is pending:
@@ -266,7 +295,7 @@ class Session:
 
     def _start(self, tx: str, pending: _Pending) -> None:
         try:
-            update = self.runtime.engine.subscribe_query(
+            update = self.hub.engine.subscribe_query(
                 self, tx, pending.item_type, pending.flt, pending.window
             )
         except WindowError as exc:
@@ -274,22 +303,10 @@ class Session:
             return self.send(
                 pending.error, {"tx": tx, pending.id_key: pending.op_id, "message": str(exc)}
             )
-        self.runtime.deliver([update])
+        self.hub.deliver([update])
 
     def _static_servers(self, op_id: str, tx: str, response: str) -> None:
-        if op_id == "GetConnectedServer":
-            host, port = self.address or ("", 0)
-            items = [
-                {
-                    "id": SERVER_ID,
-                    "version": __version__,
-                    "address": host,
-                    "port": port,
-                    "startedAt": STARTED_AT,
-                }
-            ]
-        else:
-            items = list(conf.get("PEER_SERVERS"))
+        items = self.backend.servers(op_id, self.address)
         self.send(
             response,
             {
@@ -309,14 +326,14 @@ class Session:
             self.loading[tx].window = data["window"]
             return
         try:
-            update = self.runtime.engine.set_window(self, tx, data["window"])
+            update = self.hub.engine.set_window(self, tx, data["window"])
         except WindowError as exc:
-            kind = "view" if event == "ws:m:view-window" else "query"
+            kind = "view" if event == ev.VIEW_WINDOW else "query"
             return self.send(
                 f"ws:m:{kind}-error",
                 {"tx": tx, f"{kind}Id": self.op_ids.get(tx), "message": str(exc)},
             )
-        self.runtime.deliver([update])
+        self.hub.deliver([update])
 
     async def _report(self, data: Any) -> None:
         request = data.get("report") if isinstance(data, dict) else None
@@ -325,19 +342,19 @@ class Session:
         if not isinstance(tx, str):
             return self._bad("ws:m:report without report.tx")
         try:
-            spec = resolve_report(report_id, request)
+            spec = self.backend.resolve_report(report_id, request)
             for item_type in spec.item_types:
-                await self.runtime.ensure_store(item_type)
+                await self.hub.ensure_store(item_type)
             self._forget(tx)
-            update = self.runtime.engine.subscribe_report(self, tx, spec)
+            update = self.hub.engine.subscribe_report(self, tx, spec)
         except (OperationError, ItemError) as exc:
             message = str(exc)
         except Exception as exc:  # a user report that raises on first computation
             logger.exception("myko: report %s failed", report_id)
             message = f"{report_id} failed: {exc}"
         else:
-            return self.runtime.deliver([update])
-        self.send("ws:m:report-error", {"tx": tx, "reportId": report_id, "message": message})
+            return self.hub.deliver([update])
+        self.send(ev.REPORT_ERROR, {"tx": tx, "reportId": report_id, "message": message})
 
     # ---- commands and client events, one at a time in arrival order --------------------
 
@@ -345,7 +362,7 @@ class Session:
         while True:
             event, data = await self._work.get()
             try:
-                if event == "ws:m:command":
+                if event == ev.COMMAND:
                     await self._command(data)
                 else:
                     await self._events(event, data)
@@ -361,40 +378,38 @@ class Session:
         if not isinstance(tx, str):
             return self._bad("ws:m:command without command.tx")
         # Shielded: a client that vanishes mid-command does not cancel the transaction.
-        job = self.runtime.db(
-            run_command, command_id, request, tx=tx, user=self.user, source_id=self.id
+        job = self.backend.run_command(
+            command_id, request, tx=tx, user=self.user, source_id=self.id
         )
         try:
-            outcome = await asyncio.shield(asyncio.ensure_future(job))
-        except CommandError as exc:
+            response, position = await asyncio.shield(asyncio.ensure_future(job))
+        except CommandRejected as exc:
             return self.send(
-                "ws:m:command-error", {"tx": tx, "commandId": command_id, "message": str(exc)}
+                ev.COMMAND_ERROR, {"tx": tx, "commandId": command_id, "message": str(exc)}
             )
         # Updates first (PROTOCOL §3.4), also to subscriptions whose snapshot is still loading.
-        await self.runtime.catch_up(outcome.position)
+        await self.hub.catch_up(position)
         if self._loads:
             await asyncio.wait(list(self._loads))
-        if not self.send("ws:m:command-response", {"response": outcome.response, "tx": tx}):
+        if not self.send(ev.COMMAND_RESPONSE, {"response": response, "tx": tx}):
             message = f"{command_id} returned a value that cannot be sent as {self.fmt}"
-            self.send("ws:m:command-error", {"tx": tx, "commandId": command_id, "message": message})
+            self.send(ev.COMMAND_ERROR, {"tx": tx, "commandId": command_id, "message": message})
 
     async def _events(self, event: str, data: Any) -> None:
-        batch = data if event == "ws:m:event-batch" else [data]
+        batch = data if event == ev.EVENT_BATCH else [data]
         if not isinstance(batch, list):
             return self._bad("ws:m:event-batch data must be a list")
-        if not conf.get("ALLOW_CLIENT_EVENTS"):
+        if not self.backend.allow_client_events:
             for e in batch:
                 self._event_error(e, "This server does not accept events from clients")
             return
-        position, rejected = await self.runtime.db(apply_events, batch, source_id=self.id)
+        position, rejected = await self.backend.apply_events(batch, source_id=self.id)
         for _, e, message in rejected:
             logger.info("myko: connection %s: rejected event: %s", self.id, message)
             self._event_error(e, message)
-        await self.runtime.catch_up(position)
+        await self.hub.catch_up(position)
 
     def _event_error(self, event: Any, message: str) -> None:
         event = event if isinstance(event, dict) else {}
         tx = event.get("tx") if isinstance(event.get("tx"), str) else None
-        self.send(
-            "ws:m:event-error", {"tx": tx, "itemType": event.get("itemType"), "message": message}
-        )
+        self.send(ev.EVENT_ERROR, {"tx": tx, "itemType": event.get("itemType"), "message": message})

@@ -1,12 +1,12 @@
 """Frames <-> messages: JSON text, MessagePack or CBOR binary (PROTOCOL.md §1).
 
-A query response's items are encoded once per format and spliced into every
-subscriber's message; only the small per-subscription fields differ (DESIGN.md inv. 5).
+Decoding refuses what JSON could not carry, so every format means the same messages.
+The small byte-level encoders at the end let the server splice pre-encoded parts
+(server/fanout.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from typing import Any
@@ -14,12 +14,7 @@ from typing import Any
 import cbor2
 import msgpack
 
-from . import gcpause
-from .engine import QueryUpdate
-
 JSON, MSGPACK, CBOR = "json", "msgpack", "cbor"
-SWITCH_TEXT = "myko:switch-to-msgpack"
-SWITCH_REPLY = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'
 
 
 MAX_DEPTH = 100
@@ -31,7 +26,8 @@ class WireError(ValueError):
     """A frame that does not decode in its format."""
 
 
-def _dumps(value: Any) -> str:
+def dumps_json(value: Any) -> str:
+    """Compact JSON text, as every frame is sent."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -107,122 +103,33 @@ def decode_binary(data: bytes, fmt: str) -> Any:
 def encode(message: dict, fmt: str) -> str | bytes:
     """A whole message: text for JSON, bytes for the binary formats."""
     if fmt == JSON:
-        return _dumps(message)
+        return dumps_json(message)
     if fmt == MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     return cbor2.dumps(message)
 
 
-# Above this many items, encoding runs with the cyclic garbage collector paused.
-NO_GC_ABOVE = 1000
+# ---- byte-level pieces for splicing pre-encoded parts ----------------------------------
 
 
-def _upserts(update: QueryUpdate, fmt: str) -> Any:
-    cache = update.upserts.cache
-    encoded = cache.get(fmt)
-    if encoded is None:
-        # A large snapshot's wrapper dicts (one per item) would set off collections that
-        # walk the store again for nothing (see gcpause).
-        large = len(update.upserts) > NO_GC_ABOVE
-        with gcpause.paused() if large else contextlib.nullcontext():
-            wire = update.upserts.wire()
-            if fmt == JSON:
-                encoded = _dumps(wire)
-            elif fmt == MSGPACK:
-                encoded = msgpack.packb(wire, use_bin_type=True)
-            else:
-                encoded = cbor2.dumps(wire)
-            del wire
-        cache[fmt] = encoded
-    return encoded
-
-
-def _map_header(n: int, fmt: str) -> bytes:
+def map_header(n: int, fmt: str) -> bytes:
     if fmt == MSGPACK:
         return bytes([0x80 | n]) if n < 16 else b"\xde" + n.to_bytes(2, "big")
     return bytes([0xA0 | n]) if n < 24 else b"\xb8" + bytes([n])
 
 
-def _pack(value: Any, fmt: str) -> bytes:
+def pack_binary(value: Any, fmt: str) -> bytes:
     return msgpack.packb(value, use_bin_type=True) if fmt == MSGPACK else cbor2.dumps(value)
 
 
-def _json_str(s: str) -> str:
+def json_str(s: str) -> str:
     """A JSON string; a plain ASCII one (as every tx the clients make) needs no escaping."""
     if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
         return f'"{s}"'
-    return _dumps(s)
+    return dumps_json(s)
 
 
-def _shared_part(update: QueryUpdate, fmt: str, event: str) -> tuple[Any, Any]:
-    """(everything before the tx value, everything from `deletes` to the upserts key): the
-    same for every subscriber of one live result in one batch, so encoded once and kept
-    with the shared items. Keyed by the identity of the shared `deletes`/`window`/`changes`
-    (the entry holds them, so an id cannot be reused while it is cached)."""
-    deletes, window, changes = update.deletes, update.window, update.changes
-    key = (
-        "part",
-        fmt,
-        event,
-        update.total_count,
-        id(deletes) if deletes else 0,
-        id(window) if window is not None else 0,
-        id(changes) if changes is not None else 0,
-    )
-    cache = update.upserts.cache
-    entry = cache.get(key)
-    if (
-        entry is not None
-        and (entry[0] is deletes or not deletes)
-        and entry[1] is window
-        and entry[2] is changes
-    ):
-        return entry[3]
-    fields: list[tuple[str, Any]] = [("deletes", deletes), ("totalCount", update.total_count)]
-    if window is not None:
-        fields.append(("window", window))
-    if changes is not None:
-        fields.append(("changes", changes))
-    if fmt == JSON:
-        head: Any = f'{{"event":{_dumps(event)},"data":{{"tx":'
-        tail: Any = "".join(f",{_dumps(k)}:{_dumps(v)}" for k, v in fields) + ',"upserts":'
-    else:
-        head = (
-            _map_header(2, fmt)
-            + _pack("event", fmt)
-            + _pack(event, fmt)
-            + _pack("data", fmt)
-            + _map_header(len(fields) + 3, fmt)
-            + _pack("tx", fmt)
-        )
-        tail = b"".join(_pack(k, fmt) + _pack(v, fmt) for k, v in fields) + _pack("upserts", fmt)
-    part = (head, tail)
-    cache[key] = (deletes if deletes else None, window, changes, part)
-    return part
-
-
-_SEQUENCE_KEY = {MSGPACK: msgpack.packb("sequence"), CBOR: cbor2.dumps("sequence")}
-
-
-def encode_query_response(
-    update: QueryUpdate, fmt: str, event: str = "ws:m:query-response"
-) -> str | bytes:
-    """A query (or view) response with the shared upserts spliced in already encoded.
-
-    This runs once per receiving connection: all but `tx` and `sequence` is encoded once
-    per batch (`_shared_part`), so a subscriber's message is one join."""
-    upserts = _upserts(update, fmt)
-    head, tail = _shared_part(update, fmt, event)
-    if fmt == JSON:
-        return f'{head}{_json_str(update.tx)},"sequence":{update.sequence:d}{tail}{upserts}}}}}'
-    if fmt == MSGPACK:
-        tx, sequence = _msgpack_str(update.tx), _msgpack_uint(update.sequence)
-    else:
-        tx, sequence = cbor2.dumps(update.tx), cbor2.dumps(update.sequence)
-    return b"".join((head, tx, _SEQUENCE_KEY[fmt], sequence, tail, upserts))
-
-
-def _msgpack_str(s: str) -> bytes:
+def msgpack_str(s: str) -> bytes:
     """What msgpack.packb gives for a str, without building a Packer for a short one."""
     data = s.encode()  # a lone surrogate raises, as in msgpack
     n = len(data)
@@ -233,7 +140,7 @@ def _msgpack_str(s: str) -> bytes:
     return msgpack.packb(s, use_bin_type=True)
 
 
-def _msgpack_uint(n: int) -> bytes:
+def msgpack_uint(n: int) -> bytes:
     """What msgpack.packb gives for a non-negative int (the smallest form)."""
     if 0 <= n < 0x80:
         return bytes((n,))

@@ -9,8 +9,10 @@ from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
 
-from .capture import write_transaction
-from .registry import ItemError, registry
+from myko_django.items.errors import ItemError
+from myko_django.items.registry import registry
+from myko_django.log import django_internals
+from myko_django.log.capture import write_transaction
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
         raise ItemError(f"{item_type.name}: item has no id")
     pk = item_type.decode_id(change.item["id"])
     rows = model._base_manager.using(using)
-    if transaction.get_connection(using).features.has_select_for_update:
+    if django_internals.can_lock_rows(using):
         rows = rows.select_for_update()
     existing = rows.filter(pk=pk).first()
     if change.change_type == "DEL":
@@ -98,7 +100,7 @@ def apply_sets(item_type_name: str, items: Sequence[Any], *, using: str = "defau
             apply(Change("SET", item_type.name, item), using=using)
         return len(items)
     rows = model._base_manager.using(using)
-    if transaction.get_connection(using).features.has_select_for_update:
+    if django_internals.can_lock_rows(using):
         rows = rows.select_for_update()
     existing = rows.in_bulk(pks)
     instances = [
@@ -188,7 +190,7 @@ def _apply_each(
         except (ItemError, ValueError, TypeError) as exc:
             if not savepoints and isinstance(exc.__cause__, DatabaseError):
                 raise exc.__cause__ from exc  # the transaction may be aborted: redo
-            if not savepoints and transaction.get_connection(using).needs_rollback:
+            if not savepoints and transaction.get_rollback(using):
                 # It failed inside a block without a savepoint (a save's or a delete's
                 # own atomic): the whole pass would be rolled back, silently. Redo.
                 raise _Redo from exc

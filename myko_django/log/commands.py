@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +10,13 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import conf
-from .capture import write_transaction
-from .models import CommandResult
-from .operations import OperationError, resolve_command
-from .registry import ItemError, registry
-from .writepath import Change, apply, apply_sets
+from myko_django import conf
+from myko_django.items.errors import ItemError, OperationError
+from myko_django.items.operations import resolve_command
+from myko_django.items.registry import registry
+from myko_django.log.capture import write_transaction
+from myko_django.log.tables import CommandResult
+from myko_django.log.writepath import Change, apply, apply_sets
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ def _user_key(user: Any) -> str:
     return str(user.pk)
 
 
-_commands_run = itertools.count(1)
-PURGE_EVERY = 1000  # commands per process between deletions of expired stored results
-
-
 def _claim(command_id: str, tx: str, user_key: str, using: str) -> CommandResult | Outcome:
     """Claim (command, tx, user) before running: a racing duplicate blocks on this unique
     row until we commit, then finds our response; if we roll back, it runs itself.
@@ -87,8 +83,6 @@ def _claim(command_id: str, tx: str, user_key: str, using: str) -> CommandResult
     Returns the new claim, or the Outcome of an earlier run to answer with instead."""
     results = CommandResult.objects.using(using)
     cutoff = timezone.now() - dt.timedelta(seconds=conf.get("COMMAND_RESULT_TTL"))
-    if next(_commands_run) % PURGE_EVERY == 0:
-        results.filter(created_at__lt=cutoff).delete()
     key = {"command_id": command_id, "tx": tx, "user_key": user_key}
     for _ in range(2):
         try:

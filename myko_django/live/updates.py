@@ -1,34 +1,22 @@
-"""Values that go in and out of the engine: events, report specs, updates, errors."""
+"""Values that go in and out of the engine: report specs, updates, errors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..filters import Filter
-
-if TYPE_CHECKING:
-    from .core import Engine
+from myko_django.live.filters import Filter
 
 
 class EngineError(Exception):
     """Misuse of the engine (store not loaded, loaded twice, unknown item type)."""
 
 
-class WindowError(EngineError, ValueError):
-    """A window that is not `{offset, limit}` with non-negative integers, or null."""
+class ItemsView(Protocol):
+    """What a report function reads: the current items of a type, by id."""
 
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One committed SET/DEL from the event log."""
-
-    position: int
-    item_type: str
-    item_id: str
-    change_type: str
-    item: dict | None
+    def items(self, item_type: str) -> Mapping[str, dict]: ...
 
 
 class SharedItems:
@@ -111,7 +99,7 @@ class ReportSpec:
     flt: Filter | None = None
     item_id: str | None = None
     item_types: tuple[str, ...] = ()
-    compute: Callable[[Engine], Any] | None = None
+    compute: Callable[[ItemsView], Any] | None = None
 
     @classmethod
     def count(cls, item_type: str, flt: Filter) -> ReportSpec:
@@ -131,23 +119,7 @@ class ReportSpec:
 
     @classmethod
     def custom(
-        cls, key: Hashable, item_types: tuple[str, ...], compute: Callable[[Engine], Any]
+        cls, key: Hashable, item_types: tuple[str, ...], compute: Callable[[ItemsView], Any]
     ) -> ReportSpec:
         """A user report: recomputed when a batch touches `item_types`, sent when it changes."""
         return cls("custom", ("custom", key), item_types=tuple(item_types), compute=compute)
-
-
-def parse_window(window: Any) -> tuple[int, int] | None:
-    """Validate a client window; None removes it. Raises WindowError with a clear message."""
-    if window is None:
-        return None
-    if not isinstance(window, Mapping):
-        raise WindowError(f"window must be an object {{offset, limit}} or null, got {window!r}")
-    offset = window.get("offset", 0)
-    limit = window.get("limit")
-    for name, v in (("offset", offset), ("limit", limit)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
-            raise WindowError(
-                f"window {name} must be a non-negative integer below 2**63, got {v!r:.40}"
-            )
-    return offset, limit

@@ -1,4 +1,5 @@
-"""The ASGI WebSocket endpoint for /myko: translates socket events to a protocol Session.
+"""The ASGI WebSocket endpoint for /myko: socket events in, a protocol Connection per
+socket, frames out; plus the two middlewares it is served with.
 
 A bare ASGI app rather than a Channels consumer: it never joins the channel layer (only
 the hub does) and skips the per-message thread hop of `AsyncConsumer.dispatch`.
@@ -8,22 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from . import conf
-from .protocol import Session
-from .runtime import get_runtime
+from myko_django import conf
+from myko_django.server.backend import DatabaseBackend
+from myko_django.server.connection import Connection
+from myko_django.server.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
-# Where ServerSend keeps the server's own `send` in the scope.
-SERVER_SEND = "myko.server_send"
 
 
 class MykoConsumer:
@@ -40,10 +42,11 @@ class MykoConsumer:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        runtime = await get_runtime()
-        outbox = Outbox(scope.get(SERVER_SEND) or send)
-        session = Session(
-            runtime,
+        hub = await get_hub()
+        outbox = Outbox(send)
+        connection = Connection(
+            hub,
+            DatabaseBackend(hub),
             outbox.put,
             user=scope.get("user"),
             address=tuple(scope.get("server") or ("", 0)),
@@ -63,18 +66,18 @@ class MykoConsumer:
                 if size > limit:
                     logger.warning(
                         "myko: connection %s sent %d bytes (limit %d): closing",
-                        session.id,
+                        connection.id,
                         size,
                         limit,
                     )
                     await send({"type": "websocket.close", "code": CLOSE_TOO_BIG})
                     break
                 if text is not None:
-                    await session.receive_text(text)
+                    await connection.receive_text(text)
                 elif data is not None:
-                    await session.receive_bytes(data)
+                    await connection.receive_bytes(data)
         finally:
-            await session.close()
+            await connection.close()
             outbox.close()
 
 
@@ -96,6 +99,7 @@ class Outbox:
     """
 
     __slots__ = ("send", "queue", "task")
+    suspended = 0  # sends in this process that did not complete on the spot
 
     def __init__(self, send: Any) -> None:
         self.send = send
@@ -106,19 +110,32 @@ class Outbox:
         if self.task is not None:
             self.queue.append(frame)
             return
-        coroutine = self.send(_frame_message(frame))
+        sending = self.send(_frame_message(frame))
+        if not inspect.iscoroutine(sending):
+            # Not a plain coroutine (another awaitable): no stepping by hand, await it.
+            self.task = asyncio.get_running_loop().create_task(self._finish(sending, None))
+            return
         try:
-            waiting_on = coroutine.send(None)
+            waiting_on = sending.send(None)
         except StopIteration:
             return
         except Exception:  # one unsendable frame must not silence the connection
             logger.exception("myko: sending a %d-byte frame failed", len(frame))
             return
-        self.task = asyncio.get_running_loop().create_task(self._finish(coroutine, waiting_on))
+        Outbox.suspended += 1
+        if Outbox.suspended == 1:
+            logger.info("myko: the server's send suspended; such sends finish in a task")
+        self.task = asyncio.get_running_loop().create_task(self._finish(sending, waiting_on))
 
-    async def _finish(self, coroutine: Any, waiting_on: Any) -> None:
+    async def _finish(self, sending: Any, waiting_on: Any) -> None:
         try:
-            await _drive(coroutine, waiting_on)
+            if inspect.iscoroutine(sending):
+                await _drive(sending, waiting_on)
+            else:
+                try:
+                    await sending
+                except Exception:
+                    logger.exception("myko: sending a frame failed")
             while self.queue:
                 message = _frame_message(self.queue.popleft())
                 try:
@@ -138,13 +155,13 @@ class Outbox:
 async def _drive(coroutine: Any, waiting_on: Any) -> None:
     """Run a coroutine that was stepped by hand and suspended on `waiting_on` to its end,
     resuming it as a Task would: after the future it waits on is done (asyncio coroutines
-    yield futures, or None to yield the loop)."""
+    yield futures, or None to yield the loop). Only the public coroutine protocol
+    (`send`, `close`) is used: the future is waited on, never handed to a Task."""
     try:
         while True:
             if waiting_on is None:
                 await asyncio.sleep(0)
             else:
-                waiting_on._asyncio_future_blocking = False
                 await asyncio.wait((waiting_on,))
             waiting_on = coroutine.send(None)
     except StopIteration:
@@ -192,17 +209,22 @@ class OriginValidator:
         return bool(domain) and validate_host(domain, hosts)
 
 
-class ServerSend:
-    """Outermost middleware: keeps the ASGI server's own `send` in the scope.
+class SessionFromCookie:
+    """Puts the Django session named by the session cookie in the scope, for Channels'
+    `AuthMiddleware` below it (under Channels' `CookieMiddleware`).
 
-    Channels' session middleware wraps `send` to save the session on HTTP responses; for a
-    WebSocket frame it only reads two lazy session attributes, but it does so per frame,
-    which cost more than the rest of our send path. The consumer sends its frames through
-    the server's `send` and everything else (accept, close) through the stack.
+    Channels' own `SessionMiddleware` wraps `send` to save the session on HTTP responses;
+    on a WebSocket it has nothing to save, but still reads two session attributes per
+    frame, which cost more than the rest of the send path. A WebSocket never sets a
+    cookie, so this one passes `send` through untouched.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.store = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        return await self.app({**scope, SERVER_SEND: send}, receive, send)
+        if "session" not in scope:
+            key = scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME)
+            scope = {**scope, "session": self.store(key)}  # loaded when first read
+        return await self.app(scope, receive, send)

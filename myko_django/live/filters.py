@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from myko_django.wire.envelope import RESERVED_KEYS
+
 __all__ = [
     "FILTER_KINDS",
-    "RESERVED_KEYS",
     "Filter",
     "FilterError",
     "ItemSchema",
@@ -27,8 +28,6 @@ __all__ = [
     "value_key",
 ]
 
-# Keys of a query that are envelope data, never filters (PROTOCOL.md §2).
-RESERVED_KEYS = frozenset({"tx", "createdAt", "seq", "userToken"})
 FILTER_KINDS = ("eq", "in", "range", "contains", "startsWith")
 
 _STR_KINDS = frozenset({"id", "str", "fk", "uuid"})

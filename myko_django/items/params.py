@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .naming import to_camel
-
-RESERVED = frozenset({"tx", "createdAt", "seq", "userToken"})
+from myko_django.items.kinds import TYPE_NAMES, describe
+from myko_django.wire.naming import to_camel
 
 
 class ParamError(ValueError):
@@ -31,22 +30,6 @@ class Param:
     default: Any
 
 
-def describe(value: Any) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        type(None): "null",
-    }
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{names.get(type(value), type(value).__name__)} {text}"
-
-
 def _type_label(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if annotation is Any or annotation is inspect.Parameter.empty:
@@ -56,15 +39,7 @@ def _type_label(annotation: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(annotation) or (Any,)
         return "a list" if inner is Any else f"a list of {_type_label(inner).split(' ', 1)[-1]}s"
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        dict: "an object",
-        list: "a list",
-        type(None): "null",
-    }.get(annotation, str(annotation))
+    return TYPE_NAMES.get(annotation, str(annotation))
 
 
 def fits(value: Any, annotation: Any) -> bool:

@@ -13,8 +13,9 @@ from django.core.management.base import CommandError
 from django.db import connections, models
 from django.db.models import Max
 
-from .models import Event, Position
-from .registry import ItemError, ItemType, registry
+from myko_django.items.errors import ItemError
+from myko_django.items.registry import ItemType, registry
+from myko_django.log.tables import Event, Position
 
 # Rows or logged items read per query; tests lower it to cross page boundaries.
 PAGE = 500

@@ -1,66 +1,27 @@
-"""The item registry: which models are items, their wire names, and how their fields encode.
-
-Wire values are strictly typed (PROTOCOL.md §6): each field's codec checks the JSON type
-itself before Django's `to_python`, which would coerce `"1"` into 1.
-"""
+"""The item registry: which models are items, their wire names, and how their fields travel
+(each field's kind is in items/kinds.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
-import math
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.utils import timezone
 
-from .naming import to_camel
-
-# Field classes we know how to put on the wire, most specific first.
-_KINDS: list[tuple[type[models.Field], str]] = [
-    (models.ForeignKey, "fk"),
-    (models.BooleanField, "bool"),
-    (models.AutoField, "int"),
-    (models.BigAutoField, "int"),
-    (models.SmallAutoField, "int"),
-    (models.IntegerField, "int"),
-    (models.FloatField, "float"),
-    (models.DecimalField, "decimal"),
-    (models.DateTimeField, "datetime"),
-    (models.DateField, "date"),
-    (models.TimeField, "time"),
-    (models.UUIDField, "uuid"),
-    (models.JSONField, "json"),
-    (models.CharField, "str"),
-    (models.TextField, "str"),
-]
-
-
-class ItemError(ValueError):
-    """A wire item or id that does not fit its model; the message names the field."""
-
-
-def field_kind(f: models.Field) -> str | None:
-    for cls, kind in _KINDS:
-        if isinstance(f, cls):
-            return kind
-    return None
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
+from myko_django.items.errors import ItemError
+from myko_django.items.kinds import (
+    BY_NAME,
+    PortabilityError,
+    describe,
+    int64,
+    kind_of,
+    portable_json,
+)
+from myko_django.live.filters import ItemSchema
+from myko_django.wire.naming import to_camel
 
 
 @dataclass
@@ -78,31 +39,13 @@ class FieldCodec:
     @property
     def plain(self) -> bool:
         """Whether `encode` returns every non-null database value unchanged."""
-        if self.kind in ("str", "int", "bool", "json"):
-            return True
         if self.kind in ("id", "fk"):
             target = self.field.target_field if self.kind == "fk" else self.field
             return isinstance(target, (models.CharField, models.TextField))
-        return False
+        return BY_NAME[self.kind].plain
 
     def encode(self, value: Any) -> Any:
-        if value is None:
-            return None
-        kind = self.kind
-        if kind in ("id", "fk"):
-            return str(value)
-        if kind == "decimal":
-            return str(value)
-        if kind == "datetime":
-            text = value.isoformat()
-            return text[:-6] + "Z" if text.endswith("+00:00") else text
-        if kind in ("date", "time"):
-            return value.isoformat()
-        if kind == "uuid":
-            return str(value)
-        if kind == "float":
-            return float(value)
-        return value
+        return None if value is None else BY_NAME[self.kind].encode(value)
 
     def decode(self, value: Any, item_name: str) -> Any:
         """Wire value -> Python value for the model, refusing anything of the wrong type."""
@@ -111,106 +54,22 @@ class FieldCodec:
             if self.field.null:
                 return None
             raise ItemError(f"{where} must not be null")
-        kind = self.kind
-        ok = {
-            "str": isinstance(value, str),
-            "id": isinstance(value, str),
-            "fk": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "decimal": isinstance(value, str),
-            "datetime": isinstance(value, str),
-            "date": isinstance(value, str),
-            "time": isinstance(value, str),
-            "uuid": isinstance(value, str),
-            "json": True,
-        }[kind]
-        if not ok:
-            expected = {
-                "int": "an integer",
-                "float": "a number",
-                "bool": "a boolean",
-                "json": "JSON",
-            }.get(kind, "a string")
-            raise ItemError(f"{where} must be {expected}, got {_type_name(value)} {value!r:.80}")
+        kind = BY_NAME[self.kind]
+        if not kind.accepts(value):
+            raise ItemError(f"{where} must be {kind.expected}, got {describe(value)}")
         try:
-            if kind == "float":
-                number = float(value)
-                return number if math.isfinite(number) else _bad(value)
-            if kind == "decimal":
-                return decimal.Decimal(value) if _is_finite_decimal(value) else _bad(value)
-            if kind == "datetime":
-                parsed = dt.datetime.fromisoformat(value)
-                if timezone.is_naive(parsed):
-                    parsed = timezone.make_aware(parsed, dt.UTC)
-                return parsed
-            if kind == "date":
-                return dt.date.fromisoformat(value)
-            if kind == "time":
-                return dt.time.fromisoformat(value)
-            if kind == "uuid":
-                return uuid.UUID(value)
-            if kind in ("id", "fk"):
-                target = self.field.target_field if kind == "fk" else self.field
+            if kind.name == "json":
+                portable_json(value, where)
+                return value
+            if kind.name in ("id", "fk"):
+                target = self.field.target_field if kind.name == "fk" else self.field
                 key = target.to_python(value)
-                return (
-                    key if not isinstance(key, int) or _INT64[0] <= key <= _INT64[1] else _bad(key)
-                )
-            if kind == "int" and not _INT64[0] <= value <= _INT64[1]:
-                return _bad(value)
-            if kind == "json":
-                _portable_json(value, where)
-        except ItemError:
-            raise
+                return int64(key) if isinstance(key, int) else key
+            return kind.decode(value)
+        except PortabilityError as exc:
+            raise ItemError(str(exc)) from None
         except (ValueError, OverflowError, ValidationError, decimal.InvalidOperation) as exc:
-            hint = {
-                "float": "a finite number",
-                "int": "an integer in the 64-bit range",
-                "decimal": 'a decimal string like "12.50"',
-                "datetime": "an ISO-8601 datetime",
-                "date": "an ISO-8601 date (YYYY-MM-DD)",
-                "time": "an ISO-8601 time",
-                "uuid": "a UUID string",
-            }.get(kind, "valid")
-            raise ItemError(f"{where} must be {hint}, got {value!r:.80}") from exc
-        return value
-
-
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _portable_json(value: Any, where: str, depth: int = 0) -> None:
-    """A JSON field value every wire format can carry back: no NaN/Infinity, integers within
-    64 bits (MessagePack's limit), string keys, bounded nesting."""
-    if depth > 100:
-        raise ItemError(f"{where} is nested deeper than 100 levels")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ItemError(f"{where} must not hold {value} (not a JSON number)")
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**64:
-            raise ItemError(f"{where} holds an integer beyond 64 bits")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ItemError(f"{where} has a non-string key {key!r:.40}")
-            _portable_json(item, where, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _portable_json(item, where, depth + 1)
-    elif not (value is None or isinstance(value, (str, float, bool))):
-        raise ItemError(f"{where} holds a {type(value).__name__}, which is not JSON")
-
-
-def _is_finite_decimal(text: str) -> bool:
-    try:
-        return decimal.Decimal(text).is_finite()
-    except decimal.InvalidOperation:
-        return False
-
-
-def _bad(value: Any) -> Any:
-    raise ValueError(value)
+            raise ItemError(f"{where} must be {kind.hint}, got {value!r:.80}") from exc
 
 
 @dataclass
@@ -239,12 +98,12 @@ class ItemType:
             if f.primary_key:
                 item_type.codecs.insert(0, FieldCodec(f, "id", "id"))
                 continue
-            kind = field_kind(f)
+            kind = kind_of(f)
             if kind is None:
                 item_type.unsupported.append(f"{f.name} ({type(f).__name__})")
                 continue
-            wire = to_camel(f.attname if kind == "fk" else f.name)
-            item_type.codecs.append(FieldCodec(f, wire, kind))
+            wire = to_camel(f.attname if kind.name == "fk" else f.name)
+            item_type.codecs.append(FieldCodec(f, wire, kind.name))
         return item_type
 
     @property
@@ -252,9 +111,7 @@ class ItemType:
         return self.codecs[0]
 
     @property
-    def schema(self):
-        from .filters import ItemSchema
-
+    def schema(self) -> ItemSchema:
         return ItemSchema(name=self.name, fields={c.wire: c.kind for c in self.codecs})
 
     def encode(self, instance: models.Model) -> dict[str, Any]:
@@ -282,9 +139,7 @@ class ItemType:
 
     def decode_id(self, item_id: Any) -> Any:
         if not isinstance(item_id, str):
-            raise ItemError(
-                f"{self.name} id must be a string, got {_type_name(item_id)} {item_id!r:.80}"
-            )
+            raise ItemError(f"{self.name} id must be a string, got {describe(item_id)}")
         return self.pk_codec.decode(item_id, self.name)
 
     def build(
@@ -296,7 +151,7 @@ class ItemType:
         whole batch in one query per field instead of one per item.
         """
         if not isinstance(wire_item, dict):
-            raise ItemError(f"{self.name}: item must be an object, got {_type_name(wire_item)}")
+            raise ItemError(f"{self.name}: item must be an object, got {describe(wire_item)}")
         if "id" not in wire_item:
             raise ItemError(f"{self.name}: item has no id")
         pk = self.decode_id(wire_item["id"])

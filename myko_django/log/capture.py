@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.db import models, router, transaction
 from django.db.models import signals
 
-from . import eventlog
-from .registry import registry
+from myko_django.items.registry import registry
+from myko_django.log import append, django_internals
 
 _CHUNK = 500
 
@@ -59,7 +60,7 @@ def write_transaction(
 ) -> Iterator[WriteContext]:
     """One transaction whose events are appended last, just before it commits.
 
-    The log's position counter stays locked from the append to the commit (eventlog.py),
+    The log's position counter stays locked from the append to the commit (append.py),
     so appending as each write happens would hold every other writer back for the rest
     of, say, a command's handler. Writes inside are captured as they happen and appended
     together at the end (DESIGN.md "Positions")."""
@@ -70,19 +71,19 @@ def write_transaction(
         try:
             yield ctx
             if owner:
-                last = eventlog.append_deferred(tx=ctx.tx, source_id=ctx.source_id, using=using)
+                last = append.append_deferred(tx=ctx.tx, source_id=ctx.source_id, using=using)
                 ctx.last_position = max(ctx.last_position, last)
         finally:
             if owner:
                 ctx.defer_using = None
 
 
-def _append(pending: list[eventlog.Pending], using: str) -> None:
+def _append(pending: list[append.Pending], using: str) -> None:
     ctx = _context.get()
     if ctx is not None and ctx.defer_using == using:
-        eventlog.defer(pending, using)
+        append.defer(pending, using)
         return
-    last = eventlog.append(
+    last = append.append(
         pending,
         tx=ctx.tx if ctx else None,
         source_id=ctx.source_id if ctx else None,
@@ -98,7 +99,7 @@ def capture_sets(model: type[models.Model], pks: Iterable[Any], using: str) -> N
     if item_type is None:
         return
     pks = list(dict.fromkeys(pks))
-    pending: list[eventlog.Pending] = []
+    pending: list[append.Pending] = []
     for start in range(0, len(pks), _CHUNK):
         chunk = pks[start : start + _CHUNK]
         rows = model._base_manager.using(using).in_bulk(chunk)
@@ -106,7 +107,7 @@ def capture_sets(model: type[models.Model], pks: Iterable[Any], using: str) -> N
             row = rows.get(pk)
             if row is not None:
                 pending.append(
-                    eventlog.Pending("SET", item_type.name, str(row.pk), item_type.encode(row))
+                    append.Pending("SET", item_type.name, str(row.pk), item_type.encode(row))
                 )
     _append(pending, using)
 
@@ -116,7 +117,7 @@ def capture_delete(instance: models.Model, using: str) -> None:
     if item_type is None:
         return
     item = item_type.encode(instance)
-    _append([eventlog.Pending("DEL", item_type.name, str(instance.pk), item)], using)
+    _append([append.Pending("DEL", item_type.name, str(instance.pk), item)], using)
 
 
 def _on_post_save(sender, instance, raw=False, using=None, **kwargs) -> None:
@@ -138,11 +139,7 @@ def _reread_fields(parent: type[models.Model]) -> list[models.ForeignKey]:
             f = codec.field
             if codec.kind != "fk" or f.remote_field.model._meta.concrete_model is not parent:
                 continue
-            on_delete = f.remote_field.on_delete
-            if on_delete is models.SET_DEFAULT or (
-                getattr(on_delete, "__name__", "") == "set_on_delete"
-                and not getattr(on_delete, "lazy_sub_objs", False)
-            ):
+            if django_internals.updates_fetched_rows(f.remote_field.on_delete):
                 fields.append(f)
     return fields
 
@@ -165,8 +162,6 @@ def _on_parent_post_delete(sender, instance, using=None, **kwargs) -> None:
 
 def _with_proxies(models_: set[type[models.Model]]) -> list[type[models.Model]]:
     """Signals name the class an instance was loaded as: include proxies of each model."""
-    from django.apps import apps
-
     return [m for m in apps.get_models() if m._meta.concrete_model in models_]
 
 

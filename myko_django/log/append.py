@@ -1,4 +1,4 @@
-"""Appending to and reading from the event log.
+"""Appending to the event log.
 
 Positions are handed out by one counter row that the appending transaction updates and
 so keeps locked until it commits (or rolls back, which hands nothing out). A second
@@ -11,14 +11,16 @@ serialized from their append to their commit, so callers append last, just befor
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, transaction
 from django.utils import timezone
 
-from . import publish
+from myko_django.live.committed import CommittedEvent
+from myko_django.log import django_internals, publish
+from myko_django.log.tables import Event
 
 _NEXT_POSITIONS_SQL = """
 INSERT INTO myko_position (id, last)
@@ -57,24 +59,21 @@ class _Publish:
 
     __slots__ = ("events",)
 
-    def __init__(self, events: list) -> None:
+    def __init__(self, events: list[CommittedEvent]) -> None:
         self.events = events
 
     def __call__(self) -> None:
         publish.committed(self.events)
 
 
-def _publish_on_commit(committed: list, using: str) -> None:
+def _publish_on_commit(committed: list[CommittedEvent], using: str) -> None:
     """Publish after commit, joining the previous append's publication when it was made
     under the same savepoints (so a rollback drops both or neither): an admin action or a
     loop of saves in one transaction then reaches subscribers as one update."""
-    connection = connections[using]
-    hooks = connection.run_on_commit
-    if hooks:
-        savepoints, callback = hooks[-1][0], hooks[-1][1]
-        if isinstance(callback, _Publish) and savepoints == set(connection.savepoint_ids):
-            callback.events.extend(committed)
-            return
+    callback = django_internals.last_on_commit_here(using)
+    if isinstance(callback, _Publish):
+        callback.events.extend(committed)
+        return
     transaction.on_commit(_Publish(committed), using=using)
 
 
@@ -91,7 +90,7 @@ class _Deferred:
 
     def __init__(self, pending: Sequence[Pending]) -> None:
         self.pending = pending
-        self.committed: list | None = None
+        self.committed: list[CommittedEvent] | None = None
 
     def __call__(self) -> None:
         if self.committed:
@@ -109,9 +108,9 @@ def append_deferred(*, tx: str | None, source_id: str | None, using: str = "defa
     """Append, in capture order, every deferred event of this transaction not rolled back;
     the last step before commit, so the position lock is held only from here to commit."""
     batches = [
-        entry[1]
-        for entry in connections[using].run_on_commit
-        if isinstance(entry[1], _Deferred) and entry[1].committed is None
+        callback
+        for callback in django_internals.on_commit_callbacks(using)
+        if isinstance(callback, _Deferred) and callback.committed is None
     ]
     pending = [p for batch in batches for p in batch.pending]
     if not pending:
@@ -126,14 +125,11 @@ def append_deferred(*, tx: str | None, source_id: str | None, using: str = "defa
 
 def _insert(
     pending: Sequence[Pending], tx: str | None, source_id: str | None, using: str
-) -> tuple[int, list]:
+) -> tuple[int, list[CommittedEvent]]:
     """Take the next positions (locking the counter until commit) and insert the rows."""
     connection = connections[using]
     if not connection.in_atomic_block:
         raise RuntimeError("myko: events must be appended inside a transaction")
-    from .engine import Event as CommittedEvent
-    from .models import Event
-
     n = len(pending)
     with connection.cursor() as cursor:
         cursor.execute(_NEXT_POSITIONS_SQL, [n, n])
@@ -167,53 +163,3 @@ def _insert(
         for i, p in enumerate(pending)
     ]
     return last, committed
-
-
-def high_water(using: str = "default") -> int:
-    """The highest committed position (every position below it is committed too)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT COALESCE(MAX(position), 0) FROM myko_event")
-        return cursor.fetchone()[0]
-
-
-def read(
-    after: int,
-    upto: int | None = None,
-    *,
-    item_type: str | None = None,
-    using: str = "default",
-    chunk: int = 5000,
-) -> Iterator:
-    """Committed events with position > after (and <= upto), in position order."""
-    from .engine import Event as CommittedEvent
-    from .models import Event
-
-    query = Event.objects.using(using).filter(position__gt=after).order_by("position")
-    if upto is not None:
-        query = query.filter(position__lte=upto)
-    if item_type is not None:
-        query = query.filter(item_type=item_type)
-    fields = ("position", "item_type", "item_id", "change_type", "item")
-    for position, item_type_name, item_id, change_type, item in query.values_list(*fields).iterator(
-        chunk_size=chunk
-    ):
-        yield CommittedEvent(
-            position, item_type_name, item_id, change_type, _restore_floats(item_type_name, item)
-        )
-
-
-def _restore_floats(item_type: str, item: dict | None) -> dict | None:
-    """jsonb stores numbers as numeric, so 1e16 comes back as an int: make floats floats
-    again, so events read from the log equal the ones published live."""
-    if not item:
-        return item
-    from .registry import registry
-
-    known = registry.by_name.get(item_type)
-    if known is None:
-        return item
-    for codec in known.codecs:
-        value = item.get(codec.wire)
-        if codec.kind == "float" and type(value) is int:
-            item[codec.wire] = float(value)
-    return item

@@ -11,17 +11,17 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from ..filters import Filter, ItemSchema, field_key, strict_equal
-from .updates import (
+from myko_django.live.committed import CommittedEvent
+from myko_django.live.filters import Filter, ItemSchema, field_key, strict_equal
+from myko_django.live.updates import (
     EngineError,
-    Event,
     QueryUpdate,
     ReportSpec,
     ReportUpdate,
     SharedItems,
     Update,
-    parse_window,
 )
+from myko_django.wire.envelope import parse_window
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +528,7 @@ class Engine:
 
     # -- events -------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Event]) -> list[Update]:
+    def apply(self, events: Sequence[CommittedEvent]) -> list[Update]:
         """Apply committed events (ascending positions) and return the coalesced updates:
         at most one per subscription, with final states only."""
         touched = self._apply_to_stores(events)
@@ -542,7 +542,9 @@ class Engine:
         self._emit_reports(touched, updates)
         return updates
 
-    def _apply_to_stores(self, events: Sequence[Event]) -> dict[str, dict[str, dict | None]]:
+    def _apply_to_stores(
+        self, events: Sequence[CommittedEvent]
+    ) -> dict[str, dict[str, dict | None]]:
         """Update stores; return, per type, each touched id with its state before the batch."""
         touched: dict[str, dict[str, dict | None]] = {}
         stores = self._stores

@@ -1,8 +1,8 @@
 """The channel layer as a doorbell between processes: after commit, the writing process
-sends its events to one group; each worker's runtime is that group's only member.
+sends its events to one group; each worker's hub is that group's only member.
 
 Best effort by design (channels-redis drops messages to full channels, Redis may be
-down): the log is the truth, and a worker repairs gaps and polls (runtime.py).
+down): the log is the truth, and a worker repairs gaps and polls (hub.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.db import connections
 
-from . import conf
-from .engine import Event
+from myko_django import conf
+from myko_django.live.committed import CommittedEvent
 
 try:
     from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -29,6 +29,15 @@ except ImportError:  # channels-redis is optional: without it there is no doorbe
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "myko.events"
+
+# Hubs running in this process; each rings the doorbell itself for what commits here.
+_hubs_ringing = 0
+
+
+def hub_rings(running: bool) -> None:
+    """A hub starts (True) or stops (False) ringing for this process."""
+    global _hubs_ringing
+    _hubs_ringing += 1 if running else -1
 
 
 def layer() -> Any | None:
@@ -43,7 +52,7 @@ def layer() -> Any | None:
 def _private_layer() -> Any | None:
     """A layer instance of the listener's own: channels-redis binds a layer's receive lock
     to the first event loop that receives, and the shared instance outlives loops (tests,
-    a restarted runtime)."""
+    a restarted hub)."""
     if layer() is None:
         return None
     return channel_layers.make_backend(conf.get("CHANNEL_LAYER"))
@@ -58,18 +67,18 @@ def group_name(using: str = "default") -> str:
     return f"myko.events.{name}.{digest}"
 
 
-def to_message(events: Sequence[Event]) -> dict:
+def to_message(events: Sequence[CommittedEvent]) -> dict:
     return {
         "type": MESSAGE_TYPE,
         "events": [[e.position, e.item_type, e.item_id, e.change_type, e.item] for e in events],
     }
 
 
-def from_message(message: dict) -> list[Event]:
-    return [Event(*row) for row in message.get("events", ())]
+def from_message(message: dict) -> list[CommittedEvent]:
+    return [CommittedEvent(*row) for row in message.get("events", ())]
 
 
-async def ring(events: Sequence[Event], using: str = "default") -> None:
+async def ring(events: Sequence[CommittedEvent], using: str = "default") -> None:
     """Send committed events to every worker (from a process with an event loop)."""
     target = layer()
     if target is None:
@@ -80,17 +89,15 @@ async def ring(events: Sequence[Event], using: str = "default") -> None:
         logger.warning("myko: could not ring the doorbell (%s); workers will poll the log", exc)
 
 
-def ring_from_thread(events: Sequence[Event]) -> None:
-    """The `publish` listener of processes without a runtime (WSGI, management commands).
+def ring_from_thread(events: Sequence[CommittedEvent]) -> None:
+    """The `publish` listener of processes without a hub (WSGI, management commands).
 
-    Where a runtime runs, it rings itself (without blocking a thread on Redis)."""
-    from .runtime import running
-
-    if running() or layer() is None:
+    Where a hub runs, it rings itself (without blocking a thread on Redis)."""
+    if _hubs_ringing or layer() is None:
         return
     try:
         asyncio.get_running_loop()
-        return  # never block an event loop; its process's runtime rings
+        return  # never block an event loop; its process's hub rings
     except RuntimeError:
         pass
     async_to_sync(ring)(events)

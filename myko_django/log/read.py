@@ -1,0 +1,79 @@
+"""Reading the event log and the item tables: what the live layer is fed from.
+
+Every read here is blocking I/O; the server runs them on its database threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.db import connections, transaction
+
+from myko_django.items.registry import registry
+from myko_django.live.committed import CommittedEvent
+from myko_django.live.sequencer import LogRead, Snapshot
+from myko_django.log.tables import Event
+
+
+def high_water(using: str = "default") -> int:
+    """The highest committed position (every position below it is committed too)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT COALESCE(MAX(position), 0) FROM myko_event")
+        return cursor.fetchone()[0]
+
+
+def read(
+    after: int,
+    upto: int | None = None,
+    *,
+    item_type: str | None = None,
+    using: str = "default",
+    chunk: int = 5000,
+) -> Iterator[CommittedEvent]:
+    """Committed events with position > after (and <= upto), in position order."""
+    query = Event.objects.using(using).filter(position__gt=after).order_by("position")
+    if upto is not None:
+        query = query.filter(position__lte=upto)
+    if item_type is not None:
+        query = query.filter(item_type=item_type)
+    fields = ("position", "item_type", "item_id", "change_type", "item")
+    for position, item_type_name, item_id, change_type, item in query.values_list(*fields).iterator(
+        chunk_size=chunk
+    ):
+        yield CommittedEvent(
+            position, item_type_name, item_id, change_type, _restore_floats(item_type_name, item)
+        )
+
+
+def _restore_floats(item_type: str, item: dict | None) -> dict | None:
+    """jsonb stores numbers as numeric, so 1e16 comes back as an int: make floats floats
+    again, so events read from the log equal the ones published live."""
+    if not item:
+        return item
+    known = registry.by_name.get(item_type)
+    if known is None:
+        return item
+    for codec in known.codecs:
+        value = item.get(codec.wire)
+        if codec.kind == "float" and type(value) is int:
+            item[codec.wire] = float(value)
+    return item
+
+
+def read_request(request: LogRead, using: str = "default") -> list[CommittedEvent]:
+    """The events a sequencer asked for (see live/sequencer.py)."""
+    return list(read(request.after, request.upto, item_type=request.item_type, using=using))
+
+
+def read_snapshot(item_type: str, using: str = "default") -> Snapshot:
+    """A table and the log's high-water mark in one consistent read."""
+    it = registry.get(item_type)
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        position = high_water(using)
+        rows = it.model._base_manager.using(using).values_list(*it.attnames)
+        items = list(it.encode_values(rows.iterator(chunk_size=2000)))
+    return Snapshot(it.name, items, position)

@@ -1,0 +1,66 @@
+"""The log's tables: the events, the position counter, stored command results.
+
+Defined here, in the log layer that uses them; `myko_django.models` makes Django find them.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Event(models.Model):
+    """One committed change of one item: the append-only log that is the truth (DESIGN.md)."""
+
+    SET = "SET"
+    DEL = "DEL"
+
+    position = models.BigIntegerField(primary_key=True)
+    tx = models.CharField(max_length=255)
+    item_type = models.CharField(max_length=100)
+    item_id = models.CharField(max_length=255)
+    change_type = models.CharField(max_length=3, choices=[(SET, SET), (DEL, DEL)])
+    item = models.JSONField(null=True)
+    created_at = models.DateTimeField()
+    source_id = models.CharField(max_length=255, null=True, blank=True)
+
+    class Meta:
+        app_label = "myko_django"
+        db_table = "myko_event"
+        ordering = ["position"]
+        indexes = [
+            models.Index(fields=["item_type", "item_id", "position"], name="myko_event_item")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.change_type} {self.item_type} {self.item_id}"
+
+
+class Position(models.Model):
+    """One row holding the last handed-out log position; its row lock orders appends."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    last = models.BigIntegerField()
+
+    class Meta:
+        app_label = "myko_django"
+        db_table = "myko_position"
+
+
+class CommandResult(models.Model):
+    """The stored response of a committed command, for idempotent retries (PROTOCOL.md §5)."""
+
+    command_id = models.CharField(max_length=255)
+    tx = models.CharField(max_length=255)
+    user_key = models.CharField(max_length=255)
+    response = models.JSONField(null=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        app_label = "myko_django"
+        db_table = "myko_command_result"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["command_id", "tx", "user_key"], name="myko_command_once"
+            )
+        ]
+        indexes = [models.Index(fields=["created_at"], name="myko_command_age")]

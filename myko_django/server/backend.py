@@ -1,0 +1,68 @@
+"""The real database side of a connection: operations resolved from the item registry,
+commands and client events run on the hub's database threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from typing import Any
+
+from myko_django import conf
+from myko_django.items.operations import resolve_query, resolve_report
+from myko_django.live.filters import Filter
+from myko_django.live.updates import ReportSpec
+from myko_django.log.commands import CommandError, run_command
+from myko_django.log.writepath import apply_events
+from myko_django.server.connection import CommandRejected
+from myko_django.server.hub import Hub
+from myko_django.version import __version__
+
+STARTED_AT = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
+
+
+class DatabaseBackend:
+    """One per process, shared by its connections."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @property
+    def allow_client_events(self) -> bool:
+        return bool(conf.get("ALLOW_CLIENT_EVENTS"))
+
+    def resolve_query(self, query_id: Any, item_type: Any, request: Any) -> tuple[str, Filter]:
+        return resolve_query(query_id, item_type, request)
+
+    def resolve_report(self, report_id: Any, request: Any) -> ReportSpec:
+        return resolve_report(report_id, request)
+
+    async def run_command(
+        self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
+    ) -> tuple[Any, int]:
+        try:
+            outcome = await self.hub.db(
+                run_command, command_id, request, tx=tx, user=user, source_id=source_id
+            )
+        except CommandError as exc:
+            raise CommandRejected(str(exc)) from None
+        return outcome.response, outcome.position
+
+    async def apply_events(
+        self, events: list[Any], *, source_id: str
+    ) -> tuple[int, list[tuple[int, Any, str]]]:
+        return await self.hub.db(apply_events, events, source_id=source_id)
+
+    def servers(self, op_id: str, address: tuple[str, int] | None) -> list[dict]:
+        if op_id == "GetConnectedServer":
+            host, port = address or ("", 0)
+            server = {
+                "id": SERVER_ID,
+                "version": __version__,
+                "address": host,
+                "port": port,
+                "startedAt": STARTED_AT,
+            }
+            return [server]
+        return list(conf.get("PEER_SERVERS"))
