@@ -67,6 +67,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
     # A file, not :memory:, so commands on other threads see the test data.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's connection pool: requests and the myko hub's database threads take a
+    # connection and hand it back, instead of opening one per request or command.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 20}
 
 # REDIS_URL selects channels-redis; without it the in-memory layer serves one process.
 # The layer is only the doorbell between workers (one member per worker process; the log
