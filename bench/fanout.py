@@ -141,7 +141,7 @@ def machine() -> dict[str, Any]:
 
 
 def free_port() -> int:
-    from tests.servers import free_port as pick
+    from myko_django.testing import free_port as pick
 
     return pick()
 

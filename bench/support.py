@@ -137,15 +137,19 @@ def ensure_targets(db: str, n: int, categories: int = 100) -> None:
 
 
 def start_worker(*, redis: bool = True, extra_env: dict[str, str] | None = None):
-    """A fresh daphne process (tests.servers.DaphneWorker: 16 MiB message and frame limits)
-    on this process's database, joined to Redis like a production worker."""
-    from tests.servers import DaphneWorker
+    """A fresh daphne process (myko_django.testing.DaphneServer: 16 MiB message and frame
+    limits) serving tests.settings on this process's database, joined to Redis like a
+    production worker."""
+    from myko_django.testing import DaphneServer
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = {"DJANGO_DEBUG": "0", **(extra_env or {})}
-    return DaphneWorker(LOG_DIR, redis_url=REDIS_URL if redis else None, extra_env=env).start(
-        timeout=60
-    )
+    return DaphneServer(
+        LOG_DIR,
+        settings="tests.settings",
+        redis_url=REDIS_URL if redis else None,
+        extra_env=env,
+    ).start(timeout=60)
 
 
 # ---- a bare client ----------------------------------------------------------------------

@@ -3,6 +3,10 @@
 from django.apps import AppConfig, apps
 from django.utils.module_loading import autodiscover_modules
 
+from myko_django.items.registry import ItemType, explicit_registrations, registry
+from myko_django.log import publish
+from myko_django.server import doorbell
+
 
 class MykoConfig(AppConfig):
     name = "myko_django"
@@ -10,11 +14,11 @@ class MykoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Django imports this module before any models module: what defines or imports a
+        # model class (the log's tables) can only be imported once the registry is ready.
         from myko_django import checks  # noqa: F401  (checks register themselves)
-        from myko_django.items.registry import ItemType, explicit_registrations, registry
-        from myko_django.log import capture, managers, publish
+        from myko_django.log import capture, managers
         from myko_django.models import Item
-        from myko_django.server import doorbell
 
         explicit = explicit_registrations()
         for model in apps.get_models():

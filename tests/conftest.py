@@ -1,6 +1,8 @@
 """Shared fixtures. Tests that need committed data (threads, on_commit) use
 `django_db(transaction=True)`; see DESIGN.md "Tests see the database"."""
 
+from pathlib import Path
+
 import pytest
 
 from myko_django.log import publish
@@ -21,10 +23,21 @@ def fmt(request) -> str:
     return request.param
 
 
+# The folder says what a test needs:
+#   unit/    pure Python, no database, no socket
+#   db/      the ORM and the database (pytest-django)
+#   asgi/    the project's ASGI application in-process (Channels' WebsocketCommunicator)
+#   system/  real daphne processes, other processes, Redis
+# unit, db and asgi are the core suite: bin/test runs it on Postgres and again on SQLite with
+# the in-memory channel layer. system runs on Postgres + Redis only.
+CORE_FOLDERS = frozenset({"unit", "db", "asgi"})
+TESTS = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(items):
-    # Engine and filter tests are pure Python: part of the core suite on both databases.
     for item in items:
-        if item.fspath.basename in ("test_engine.py", "test_filters.py"):
+        path = item.path.resolve()
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] in CORE_FOLDERS:
             item.add_marker(pytest.mark.core)
 
 
@@ -40,16 +53,17 @@ def asgi_app():
 
 @pytest.fixture
 def daphne_server(transactional_db, tmp_path):
-    """A real daphne process serving tests.settings against the test database.
+    """A real daphne process serving tests.settings against the test database
+    (`myko_django.testing.DaphneServer`).
 
     Yields its ws:// URL. Function-scoped: a transactional test flushes the log afterwards,
     and a server that outlived that would wait for positions that never come again.
     """
     from django.db import connection
 
-    from tests.servers import DaphneWorker
+    from myko_django.testing import DaphneServer
 
-    worker = DaphneWorker(tmp_path).start()
+    worker = DaphneServer(tmp_path).start()
     yield worker.url
     worker.stop()
     print(worker.output()[-5000:])  # shown by pytest when the test failed
@@ -62,12 +76,12 @@ def daphne_workers(transactional_db, tmp_path):
     after the test."""
     from django.db import connection
 
-    from tests.servers import DaphneWorker
+    from myko_django.testing import DaphneServer
 
     started: list = []
 
     def start(n: int = 1, **kwargs):
-        workers = [DaphneWorker(tmp_path, **kwargs) for _ in range(n)]
+        workers = [DaphneServer(tmp_path, **kwargs) for _ in range(n)]
         for worker in workers:
             worker.launch()
         for worker in workers:

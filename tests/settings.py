@@ -10,3 +10,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 import os  # noqa: E402
 
 MYKO = {"POLL_INTERVAL": float(os.environ.get("MYKO_TEST_POLL_INTERVAL", "1.0"))}
+
+# Runs of the SQLite suite side by side in one checkout each need a test database file of
+# their own (project/settings.py names one fixed file).
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and os.environ.get(  # noqa: F405
+    "MYKO_TEST_SQLITE_NAME"
+):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["MYKO_TEST_SQLITE_NAME"]}  # noqa: F405

@@ -22,20 +22,6 @@ from myko_django.wire import codecs as wire
 from myko_django.wire import envelope as ev
 from myko_django.wire.envelope import RESERVED_KEYS, parse_window
 
-__all__ = [
-    "DEFAULT_MAX_SIZE",
-    "Client",
-    "ClientClosed",
-    "CommandFailed",
-    "ConnectionLost",
-    "MykoError",
-    "Query",
-    "QueryFailed",
-    "Report",
-    "ReportFailed",
-    "connect",
-]
-
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024  # the server's default MAX_MESSAGE_SIZE

@@ -1,9 +1,14 @@
 """Named commands, queries and reports: user handlers by decorator and the operations every
-item type gets (PROTOCOL.md §7)."""
+item type gets (PROTOCOL.md §7).
+
+One precedence rule for all three kinds: a user handler registered under a name replaces the
+derived operation of that name (a `DeleteTarget` command that checks something first, a
+`GetAllTargets` query that hides archived rows). `manage.py check` lists each replacement
+(myko.I001) and refuses the mistakes (myko.E007-E011)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +31,18 @@ class Handler:
     item_type: str | None = None
     depends: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def where(self) -> str:
+        """The handler function's dotted path, for messages."""
+        func = self.func
+        return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+
+    @property
+    def line(self) -> int | None:
+        """The first line of the handler's source, when it has one."""
+        code = getattr(self.func, "__code__", None)
+        return code.co_firstlineno if code is not None else None
+
     def kwargs(self, given: Any) -> dict[str, Any]:
         try:
             return validate(self.name, self.params, given)
@@ -33,7 +50,11 @@ class Handler:
             raise OperationError(str(exc)) from None
 
 
-_user: dict[str, dict[str, Handler]] = {"command": {}, "query": {}, "report": {}}
+KINDS = ("command", "query", "report")
+_user: dict[str, dict[str, Handler]] = {kind: {} for kind in KINDS}
+# (earlier, later) handlers registered under one name in one kind; the later one replaced
+# the earlier, which a system check reports (myko.E007).
+_duplicates: list[tuple[Handler, Handler]] = []
 
 
 def _item_name(item: str | type[models.Model]) -> str:
@@ -51,10 +72,32 @@ def _decorator(kind: str, name: str | None, **extra: Any) -> Callable:
     def register(func: Callable) -> Callable:
         op_name = _wire_name(func, name)
         skip = 0 if kind == "query" else 1  # commands take ctx first, reports the view
-        _user[kind][op_name] = Handler(kind, op_name, func, signature_params(func, skip), **extra)
+        handler = Handler(kind, op_name, func, signature_params(func, skip), **extra)
+        earlier = _user[kind].get(op_name)
+        # The same function again (its module imported twice) is not a duplicate.
+        if earlier is not None and (earlier.where, earlier.line) != (handler.where, handler.line):
+            _duplicates.append((earlier, handler))
+        _user[kind][op_name] = handler
         return func
 
     return register
+
+
+def user_handlers(kind: str) -> dict[str, Handler]:
+    """The handlers registered by decorator for one kind, by name."""
+    return dict(_user[kind])
+
+
+def duplicate_registrations() -> list[tuple[Handler, Handler]]:
+    """(earlier, later) pairs of handlers registered under one name in one kind."""
+    return list(_duplicates)
+
+
+def unregister(kind: str, name: str) -> Handler | None:
+    """Remove the user handler `name` of `kind` (tests registering handlers of their own);
+    the derived operation of that name, if any, answers again. Returns what was removed."""
+    _duplicates[:] = [(a, b) for a, b in _duplicates if not (b.kind == kind and b.name == name)]
+    return _user[kind].pop(name, None)
 
 
 def command(name: str | None = None) -> Callable:
@@ -77,29 +120,59 @@ def report(name: str | None = None, *, depends: Sequence[str | type[models.Model
 # ---- the operations every item type gets ------------------------------------------------
 
 
-def _derived() -> dict[str, dict[str, tuple[str, ItemType]]]:
-    """name -> (what, item type) for the eight derived operations of each item type."""
-    out: dict[str, dict[str, tuple[str, ItemType]]] = {"command": {}, "query": {}, "report": {}}
+def _derived_entries() -> Iterator[tuple[str, str, str, ItemType]]:
+    """(kind, name, what, item type) for the eight derived operations of each item type."""
     for it in registry:
-        out["query"][f"GetAll{it.plural}"] = ("all", it)
-        out["query"][f"Get{it.plural}ByIds"] = ("ids", it)
-        out["query"][f"Get{it.plural}ByQuery"] = ("query", it)
-        out["report"][f"CountAll{it.plural}"] = ("count_all", it)
-        out["report"][f"Count{it.plural}"] = ("count", it)
-        out["report"][f"Get{it.name}ById"] = ("by_id", it)
-        out["command"][f"Delete{it.name}"] = ("delete", it)
-        out["command"][f"Delete{it.plural}"] = ("delete_many", it)
+        yield "query", f"GetAll{it.plural}", "all", it
+        yield "query", f"Get{it.plural}ByIds", "ids", it
+        yield "query", f"Get{it.plural}ByQuery", "query", it
+        yield "report", f"CountAll{it.plural}", "count_all", it
+        yield "report", f"Count{it.plural}", "count", it
+        yield "report", f"Get{it.name}ById", "by_id", it
+        yield "command", f"Delete{it.name}", "delete", it
+        yield "command", f"Delete{it.plural}", "delete_many", it
+
+
+def _derived() -> dict[str, dict[str, tuple[str, ItemType]]]:
+    """kind -> name -> (what, item type); where two derived names collide the first item
+    type registered keeps the name (myko.E009 reports the collision)."""
+    out: dict[str, dict[str, tuple[str, ItemType]]] = {kind: {} for kind in KINDS}
+    for kind, name, what, it in _derived_entries():
+        out[kind].setdefault(name, (what, it))
     return out
 
 
-_derived_cache: dict[str, dict[str, tuple[str, ItemType]]] | None = None
+def derived_collisions() -> list[tuple[str, str, tuple[str, ItemType], tuple[str, ItemType]]]:
+    """(kind, name, kept, lost) for each derived name that two operations would share."""
+    seen: dict[tuple[str, str], tuple[str, ItemType]] = {}
+    found = []
+    for kind, name, what, it in _derived_entries():
+        kept = seen.setdefault((kind, name), (what, it))
+        if kept[0] != what or kept[1] is not it:
+            found.append((kind, name, kept, (what, it)))
+    return found
+
+
+_derived_cache: tuple[tuple[int, ...], dict[str, dict[str, tuple[str, ItemType]]]] | None = None
 
 
 def derived() -> dict[str, dict[str, tuple[str, ItemType]]]:
+    """The derived operations of the registered item types, rebuilt when the registry
+    changes."""
     global _derived_cache
-    if _derived_cache is None or len(_derived_cache["command"]) != 2 * len(registry.by_name):
-        _derived_cache = _derived()
-    return _derived_cache
+    key = tuple(map(id, registry.by_name.values()))
+    if _derived_cache is None or _derived_cache[0] != key:
+        _derived_cache = (key, _derived())
+    return _derived_cache[1]
+
+
+def _find(kind: str, name: str) -> Handler | tuple[str, ItemType] | None:
+    """The operation `name` of `kind`: a user handler replaces the derived operation of the
+    same name, for queries, reports and commands alike."""
+    handler = _user[kind].get(name)
+    if handler is not None:
+        return handler
+    return derived()[kind].get(name)
 
 
 def _filter_params(params: Any, op_name: str) -> dict[str, Any]:
@@ -126,9 +199,12 @@ def resolve_query(query_id: Any, item_type: Any, params: Any) -> tuple[str, filt
     """(item type, compiled filter) for a ws:m:query; OperationError says what is wrong."""
     if not isinstance(query_id, str):
         raise OperationError(f"queryId must be a string, got {query_id!r:.60}")
+    found = _find("query", query_id)
+    if found is None:
+        raise OperationError(f"Query handler not found: {query_id}")
     try:
-        if query_id in derived()["query"]:
-            what, it = derived()["query"][query_id]
+        if not isinstance(found, Handler):
+            what, it = found
             _check_item_type(query_id, it.name, item_type)
             schema = it.schema
             if what == "all":
@@ -138,19 +214,16 @@ def resolve_query(query_id: Any, item_type: Any, params: Any) -> tuple[str, filt
                 return it.name, filters.filter_for_ids(schema, ids, op_name=query_id)
             spec = _filter_params(params, query_id)
             return it.name, filters.compile_filter(schema, spec, op_name=query_id)
-        handler = _user["query"].get(query_id)
-        if handler is None:
-            raise OperationError(f"Query handler not found: {query_id}")
-        _check_item_type(query_id, handler.item_type, item_type)
-        kwargs = handler.kwargs(params)
-        result = handler.func(**kwargs)
-        schema = registry.get(handler.item_type).schema
+        _check_item_type(query_id, found.item_type, item_type)
+        kwargs = found.kwargs(params)
+        result = found.func(**kwargs)
+        schema = registry.get(found.item_type).schema
         if callable(result):
             key = (query_id, filters.value_key(kwargs))
-            return handler.item_type, filters.Filter.from_predicate(result, key)
+            return found.item_type, filters.Filter.from_predicate(result, key)
         if isinstance(result, dict):
             flt = filters.compile_filter(schema, result, op_name=query_id)
-            return handler.item_type, flt
+            return found.item_type, flt
         raise OperationError(
             f"{query_id}: the handler returned {type(result).__name__}, "
             "expected a filter dict or a predicate"
@@ -169,9 +242,12 @@ def resolve_report(report_id: Any, params: Any) -> ReportSpec:
     """The engine's ReportSpec for a ws:m:report."""
     if not isinstance(report_id, str):
         raise OperationError(f"reportId must be a string, got {report_id!r:.60}")
+    found = _find("report", report_id)
+    if found is None:
+        raise OperationError(f"Report handler not found: {report_id}")
     try:
-        if report_id in derived()["report"]:
-            what, it = derived()["report"][report_id]
+        if not isinstance(found, Handler):
+            what, it = found
             if what == "count_all":
                 return ReportSpec.count(
                     it.name, filters.compile_filter(it.schema, {}, op_name=report_id)
@@ -181,13 +257,10 @@ def resolve_report(report_id: Any, params: Any) -> ReportSpec:
                 flt = filters.compile_filter(it.schema, spec, op_name=report_id)
                 return ReportSpec.count(it.name, flt)
             return ReportSpec.by_id(it.name, _id_param(report_id, params))
-        handler = _user["report"].get(report_id)
-        if handler is None:
-            raise OperationError(f"Report handler not found: {report_id}")
-        kwargs = handler.kwargs(params)
-        func = handler.func
+        kwargs = found.kwargs(params)
+        func = found.func
         key = (report_id, filters.value_key(kwargs))
-        return ReportSpec.custom(key, handler.depends, lambda view: func(view, **kwargs))
+        return ReportSpec.custom(key, found.depends, lambda view: func(view, **kwargs))
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
 
@@ -195,12 +268,11 @@ def resolve_report(report_id: Any, params: Any) -> ReportSpec:
 def resolve_command(command_id: Any) -> Handler:
     if not isinstance(command_id, str):
         raise OperationError(f"commandId must be a string, got {command_id!r:.60}")
-    handler = _user["command"].get(command_id)
-    if handler is not None:
-        return handler
-    found = derived()["command"].get(command_id)
+    found = _find("command", command_id)
     if found is None:
         raise OperationError(f"Command handler not found: {command_id}")
+    if isinstance(found, Handler):
+        return found
     what, it = found
     return _derived_command(command_id, what, it)
 

@@ -1,6 +1,27 @@
-"""The engine proper: item stores, shared live results, their indexes and the diffing.
+"""The engine proper: item stores, live results, their indexes and the diffing.
 
 Pure Python, single-threaded (one event-loop thread), no I/O. See PROTOCOL.md §3-§4.
+
+One word per concept (DESIGN.md's), with the short name the code uses for it:
+
+- store (`_Store`, `store`): one item type's items as of a log position.
+- live result (`_LiveResult`, `live`): the ids matching (item type, filter), shared by
+  every identical query subscription and count report group.
+- connection (`conn`): one client's socket, as the caller identifies it.
+- subscription (`sub`): what one (connection, tx) asked for: a query subscription
+  (`_QuerySubscription`) watches a live result, whole or through a window; a report
+  subscription (`_ReportSubscription`) watches a report group.
+- window (`_Window`, `win`): one page (offset, limit) of a live result's sorted ids,
+  shared by the query subscriptions that asked for those bounds.
+- report group (`_ReportGroup`, `group`): one report's value, shared by identical
+  report subscriptions.
+- live-result index (`Engine._by_id`, `_by_field`, `_scan`): where a touched item looks
+  for the live results it may affect; each key leads to an index slot (`_Slot`).
+- store index (`_Store.by_field`): field -> key -> item ids, so that a new live result
+  need not scan a large store.
+- touched: per item type, each id a batch of events changed, with its state before.
+- delta (`_Delta`, `d`): what one batch did to one live result's ids: entered, left, or
+  changed while staying in.
 """
 
 from __future__ import annotations
@@ -25,7 +46,7 @@ from myko_django.wire.envelope import parse_window
 
 log = logging.getLogger(__name__)
 
-Key = tuple[Hashable, str]  # (conn, tx)
+SubscriptionKey = tuple[Hashable, str]  # (connection, tx)
 
 
 # ---------------------------------------------------------------------------
@@ -34,13 +55,16 @@ Key = tuple[Hashable, str]  # (conn, tx)
 
 
 class _Store:
+    """One item type's items (id -> item) as of log `position`."""
+
     __slots__ = ("items", "position", "by_field")
 
     def __init__(self, items: dict[str, dict], position: int) -> None:
         self.items = items
         self.position = position
-        # field -> field_key -> id (or set of ids): built for a field the first time a new
-        # live result filters a large store by equality on it, then kept current.
+        # The store index: field -> field_key -> id (or set of ids). Built for a field the
+        # first time a new live result filters a large store by equality on it, then kept
+        # current.
         self.by_field: dict[str, dict[Hashable, str | set[str]]] = {}
 
 
@@ -48,12 +72,13 @@ class _Store:
 INDEX_STORES_FROM = 1000
 
 
-class _Sub:
-    """A query subscriber: only what differs between subscribers of one live result."""
+class _QuerySubscription:
+    """A query subscription: only what differs between the subscriptions of one live result.
+    `window` is its (offset, limit), or None for the whole live result."""
 
     __slots__ = ("conn", "tx", "live", "sequence", "window")
 
-    def __init__(self, conn: Hashable, tx: str, live: _Live, window: tuple[int, int] | None):
+    def __init__(self, conn: Hashable, tx: str, live: _LiveResult, window: tuple[int, int] | None):
         self.conn = conn
         self.tx = tx
         self.live = live
@@ -62,7 +87,7 @@ class _Sub:
 
 
 class _Window:
-    """Subscribers of one live result with the same window share its page."""
+    """One window of a live result: the page its query subscriptions with these bounds share."""
 
     __slots__ = ("offset", "limit", "echo", "page", "total", "subs", "snapshot", "_changes")
 
@@ -72,7 +97,7 @@ class _Window:
         self.echo = {"offset": offset, "limit": limit}
         self.page = page
         self.total = total
-        self.subs: dict[Key, _Sub] = {}
+        self.subs: dict[SubscriptionKey, _QuerySubscription] = {}
         self.snapshot: SharedItems | None = None
         self._changes: list[dict] | None = None
 
@@ -95,8 +120,9 @@ class _Window:
         return self._changes
 
 
-class _Live:
-    """One shared live result: the ids matching (item_type, filter), and who watches them."""
+class _LiveResult:
+    """The ids matching (item_type, filter), and the subscriptions and count report groups
+    that watch them."""
 
     __slots__ = (
         "item_type",
@@ -114,29 +140,34 @@ class _Live:
         self.item_type = item_type
         self.flt = flt
         self.ids = ids
-        self.subs: dict[Key, _Sub] = {}  # unwindowed
-        # Made when first needed: most results have neither (memory per subscription).
+        self.subs: dict[SubscriptionKey, _QuerySubscription] = {}  # those without a window
+        # Made when first needed: most live results have neither (memory per subscription).
         self.windows: dict[tuple[int, int], _Window] | None = None
         self.sorted_ids: list[str] | None = None  # kept only while windows exist
         self.counts: dict[_ReportGroup, None] | None = None
-        self.snapshot: SharedItems | None = None  # kept only while the result is shared
-        self.index: tuple = ()
+        self.snapshot: SharedItems | None = None  # kept only while the live result is shared
+        self.index: tuple = ()  # where the live-result index holds it (see Engine._register)
 
     def unused(self) -> bool:
         return not self.subs and not self.windows and not self.counts
 
 
 class _ReportGroup:
+    """One report's value, shared by identical report subscriptions; `live` is the live result
+    a count report counts."""
+
     __slots__ = ("spec", "value", "subs", "live")
 
     def __init__(self, spec: ReportSpec, value: Any) -> None:
         self.spec = spec
         self.value = value
-        self.subs: dict[Key, _ReportSub] = {}
-        self.live: _Live | None = None
+        self.subs: dict[SubscriptionKey, _ReportSubscription] = {}
+        self.live: _LiveResult | None = None
 
 
-class _ReportSub:
+class _ReportSubscription:
+    """A report subscription: which report group one (connection, tx) watches."""
+
     __slots__ = ("conn", "tx", "group")
 
     def __init__(self, conn: Hashable, tx: str, group: _ReportGroup) -> None:
@@ -146,6 +177,8 @@ class _ReportSub:
 
 
 class _Delta:
+    """What one batch did to one live result's ids: entered, left, changed while staying in."""
+
     __slots__ = ("entered", "left", "changed")
 
     def __init__(self) -> None:
@@ -160,21 +193,23 @@ class _Delta:
 
 
 class Engine:
-    """Item stores plus live queries and reports, indexed so an event visits only what it may
-    affect: results registered under its (type, id), under (type, field, key) of its old and
-    new value for one equality field, and the type's unindexed results."""
+    """Item stores plus live results and report groups, indexed so that a touched item visits
+    only the live results it may affect: those indexed under its (type, id), under
+    (type, field, key) of its old and new value for each indexed equality field, and the
+    type's scanned ones (those with neither an id set nor an equality to index by)."""
 
     def __init__(self, schemas: dict[str, ItemSchema]) -> None:
         self._schemas = dict(schemas)
         self._stores: dict[str, _Store] = {}
-        self._lives: dict[tuple[str, Hashable], _Live] = {}
-        # Index slots hold a lone live result itself, several in a dict (see _slot_add).
+        self._lives: dict[tuple[str, Hashable], _LiveResult] = {}
+        # The live-result index. A slot holds a lone live result itself, several in a dict
+        # (see _slot_add).
         self._by_id: dict[str, dict[str, _Slot]] = {}
         self._by_field: dict[str, dict[str, dict[Hashable, _Slot]]] = {}
-        self._scan: dict[str, dict[_Live, None]] = {}
-        self._subs: dict[Key, _Sub | _ReportSub] = {}
+        self._scan: dict[str, dict[_LiveResult, None]] = {}
+        self._subs: dict[SubscriptionKey, _QuerySubscription | _ReportSubscription] = {}
         self._by_conn: dict[Hashable, dict[str, None]] = {}
-        self._groups: dict[Hashable, _ReportGroup] = {}
+        self._report_groups: dict[Hashable, _ReportGroup] = {}
         self._reports_by_id: dict[str, dict[str, dict[_ReportGroup, None]]] = {}
         self._reports_by_type: dict[str, dict[_ReportGroup, None]] = {}
         # Test and benchmark counters.
@@ -202,7 +237,8 @@ class Engine:
         if item_type not in self._stores:
             return False
         if any(t == item_type for t, _ in self._lives) or any(
-            item_type in (g.spec.item_types or (g.spec.item_type,)) for g in self._groups.values()
+            item_type in (group.spec.item_types or (group.spec.item_type,))
+            for group in self._report_groups.values()
         ):
             return False
         del self._stores[item_type]
@@ -223,13 +259,14 @@ class Engine:
             "stores": len(self._stores),
             "live_results": len(self._lives),
             "subscriptions": len(self._subs),
-            "report_groups": len(self._groups),
+            "report_groups": len(self._report_groups),
             "predicate_evaluations": self.predicate_evaluations,
         }
 
     # -- live results and their index -----------------------------------------
 
-    def _live_for(self, item_type: str, flt: Filter) -> _Live:
+    def _live_for(self, item_type: str, flt: Filter) -> _LiveResult:
+        """The live result of (item_type, filter); made, filled and indexed on first use."""
         lkey = (item_type, flt.key)
         live = self._lives.get(lkey)
         if live is not None:
@@ -241,7 +278,7 @@ class Engine:
             candidates: Iterable[tuple[str, dict]] = ((i, items[i]) for i in flt.ids if i in items)
         elif flt.eq_keys and len(items) >= INDEX_STORES_FROM:
             # Distinct subscriptions arriving one after another must not each scan a big
-            # store on the event loop: look the equality field up in the store's index.
+            # store on the event loop: look the equality field up in the store index.
             field, key = flt.eq_keys[0]
             slot = self._field_index(item_type, field).get(key, ())
             found = (slot,) if isinstance(slot, str) else tuple(slot)
@@ -254,12 +291,13 @@ class Engine:
             if _safe_match(matches, item):
                 ids.add(item_id)
         self.predicate_evaluations += n
-        live = _Live(item_type, flt, ids)
+        live = _LiveResult(item_type, flt, ids)
         self._register(live)
         self._lives[lkey] = live
         return live
 
     def _field_index(self, item_type: str, field: str) -> dict[Hashable, str | set[str]]:
+        """The store index of one field (key -> id or ids), built on first use."""
         store = self._stores[item_type]
         index = store.by_field.get(field)
         if index is None:
@@ -269,16 +307,19 @@ class Engine:
                 _index_id(index, field_key(kind, item.get(field)), item_id)
         return index
 
-    def _register(self, live: _Live) -> None:
+    def _register(self, live: _LiveResult) -> None:
+        """Put a new live result in the live-result index: under its ids, under one of its
+        equality fields, or among its type's scanned ones."""
         flt, t = live.flt, live.item_type
         if flt.ids is not None:
-            by_id = self._by_id.setdefault(t, {})
-            for i in flt.ids:
-                _slot_add(by_id, i, live)
+            if flt.ids:  # an empty id set matches nothing, ever: no slot to watch
+                by_id = self._by_id.setdefault(t, {})
+                for i in flt.ids:
+                    _slot_add(by_id, i, live)
             live.index = ("id",)
         elif flt.eq_keys:
             fields = self._by_field.setdefault(t, {})
-            # Prefer a field already indexed: fewer lookups per event.
+            # Prefer a field already indexed: fewer lookups per touched item.
             field, k = next(((f, k) for f, k in flt.eq_keys if f in fields), flt.eq_keys[0])
             _slot_add(fields.setdefault(field, {}), k, live)
             live.index = ("field", field, k)
@@ -286,15 +327,17 @@ class Engine:
             self._scan.setdefault(t, {})[live] = None
             live.index = ("scan",)
 
-    def _unregister(self, live: _Live) -> None:
+    def _unregister(self, live: _LiveResult) -> None:
+        """Take a live result out of the live-result index."""
         t = live.item_type
         kind = live.index[0]
         if kind == "id":
-            by_id = self._by_id[t]
-            for i in live.flt.ids or ():
-                _slot_remove(by_id, i, live)
-            if not by_id:
-                del self._by_id[t]
+            if live.flt.ids:
+                by_id = self._by_id[t]
+                for i in live.flt.ids:
+                    _slot_remove(by_id, i, live)
+                if not by_id:
+                    del self._by_id[t]
         elif kind == "field":
             _, field, k = live.index
             fields = self._by_field[t]
@@ -310,32 +353,35 @@ class Engine:
             if not scan:
                 del self._scan[t]
 
-    def _release(self, live: _Live) -> None:
+    def _release(self, live: _LiveResult) -> None:
+        """Forget a live result nothing watches any more."""
         if live.unused():
             self._unregister(live)
             del self._lives[(live.item_type, live.flt.key)]
 
-    def _window(self, live: _Live, w: tuple[int, int]) -> _Window:
+    def _window(self, live: _LiveResult, bounds: tuple[int, int]) -> _Window:
+        """The live result's window at bounds (offset, limit), made on first use."""
         if live.windows is None:
             live.windows = {}
-        g = live.windows.get(w)
-        if g is None:
+        win = live.windows.get(bounds)
+        if win is None:
             if live.sorted_ids is None:
                 live.sorted_ids = sorted(live.ids)
-            offset, limit = w
-            g = _Window(offset, limit, live.sorted_ids[offset : offset + limit], len(live.ids))
-            live.windows[w] = g
-        return g
+            offset, limit = bounds
+            win = _Window(offset, limit, live.sorted_ids[offset : offset + limit], len(live.ids))
+            live.windows[bounds] = win
+        return win
 
-    def _detach(self, sub: _Sub) -> None:
+    def _detach(self, sub: _QuerySubscription) -> None:
+        """Take a query subscription off its live result or window; drop a window left empty."""
         live, key = sub.live, (sub.conn, sub.tx)
         if sub.window is None:
             live.subs.pop(key, None)
         else:
             assert live.windows is not None
-            g = live.windows[sub.window]
-            g.subs.pop(key, None)
-            if not g.subs:
+            win = live.windows[sub.window]
+            win.subs.pop(key, None)
+            if not win.subs:
                 del live.windows[sub.window]
                 if not live.windows:
                     live.windows = None
@@ -346,27 +392,28 @@ class Engine:
     def subscribe_query(
         self, conn: Hashable, tx: str, item_type: str, flt: Filter, window: dict | None
     ) -> QueryUpdate | None:
-        """Start a live query; returns its sequence-0 snapshot, or None for an active tx."""
+        """Start a query subscription; returns its sequence-0 snapshot, or None for an active
+        tx."""
         key = (conn, tx)
         if key in self._subs:
             return None
         self._store(item_type)
-        w = parse_window(window)
+        bounds = parse_window(window)
         live = self._live_for(item_type, flt)
-        sub = _Sub(conn, tx, live, w)
-        self._add_sub(key, sub)
-        if w is None:
+        sub = _QuerySubscription(conn, tx, live, bounds)
+        self._add_subscription(key, sub)
+        if bounds is None:
             live.subs[key] = sub
             return QueryUpdate(conn, tx, 0, self._snapshot(live), [], len(live.ids))
-        g = self._window(live, w)
-        g.subs[key] = sub
+        win = self._window(live, bounds)
+        win.subs[key] = sub
         return QueryUpdate(
-            conn, tx, 0, self._page_snapshot(live, g), [], g.total, g.echo, g.changes()
+            conn, tx, 0, self._page_snapshot(live, win), [], win.total, win.echo, win.changes()
         )
 
-    def _snapshot(self, live: _Live) -> SharedItems:
-        """The result's items for a sequence 0, kept (with its encodings) for the next
-        identical subscriber only once a second one came: a result watched by one
+    def _snapshot(self, live: _LiveResult) -> SharedItems:
+        """The live result's items for a sequence 0, kept (with its encodings) for the next
+        identical subscription only once a second one came: a live result watched by one
         subscription would otherwise hold a copy of its items it never sends again."""
         if live.snapshot is not None:
             return live.snapshot
@@ -376,37 +423,39 @@ class Engine:
             live.snapshot = snapshot
         return snapshot
 
-    def _page_snapshot(self, live: _Live, g: _Window) -> SharedItems:
-        if g.snapshot is None:
+    def _page_snapshot(self, live: _LiveResult, win: _Window) -> SharedItems:
+        """The window's items for a sequence 0, kept for the window's next subscription."""
+        if win.snapshot is None:
             items = self._stores[live.item_type].items
-            g.snapshot = SharedItems(live.item_type, tuple(items[i] for i in g.page))
-        return g.snapshot
+            win.snapshot = SharedItems(live.item_type, tuple(items[i] for i in win.page))
+        return win.snapshot
 
     def set_window(self, conn: Hashable, tx: str, window: dict | None) -> QueryUpdate | None:
-        """Change a query's window (PROTOCOL §3.3): diff of what the client sees before/after."""
+        """Change a query subscription's window (PROTOCOL §3.3): returns the diff of what the
+        client sees before and after."""
         sub = self._subs.get((conn, tx))
-        if not isinstance(sub, _Sub):
+        if not isinstance(sub, _QuerySubscription):
             return None
-        w = parse_window(window)
-        if w == sub.window:
+        bounds = parse_window(window)
+        if bounds == sub.window:
             return None
         live, key = sub.live, (conn, tx)
         old_page = None if sub.window is None else live.windows[sub.window].page
-        if w is None:
+        if bounds is None:
             live.subs[key] = sub
         else:
-            g = self._window(live, w)
-            g.subs[key] = sub
+            win = self._window(live, bounds)
+            win.subs[key] = sub
         self._detach(sub)
-        sub.window = w
+        sub.window = bounds
         sub.sequence += 1
         items = self._stores[live.item_type].items
         t = live.item_type
-        if w is None:
+        if bounds is None:
             old = set(old_page or ())
             shown = tuple(items[i] for i in live.ids if i not in old)
             return QueryUpdate(conn, tx, sub.sequence, SharedItems(t, shown), [], len(live.ids))
-        new_page = g.page
+        new_page = win.page
         new_set = set(new_page)
         if old_page is None:
             assert live.sorted_ids is not None
@@ -417,92 +466,103 @@ class Engine:
             deletes = [i for i in old_page if i not in new_set]
             upserts = tuple(items[i] for i in new_page if i not in old_set)
         return QueryUpdate(
-            conn, tx, sub.sequence, SharedItems(t, upserts), deletes, g.total, g.echo, g.changes()
+            conn,
+            tx,
+            sub.sequence,
+            SharedItems(t, upserts),
+            deletes,
+            win.total,
+            win.echo,
+            win.changes(),
         )
 
     # -- reports ----------------------------------------------------------------
 
     def subscribe_report(self, conn: Hashable, tx: str, report: ReportSpec) -> ReportUpdate:
-        """Start (or replace) a live report; returns its current value.
+        """Start (or replace) a report subscription; returns the report's current value.
 
         A custom compute that raises propagates, and the old subscription stays.
         """
         key = (conn, tx)
         old = self._subs.get(key)
-        if isinstance(old, _ReportSub) and old.group.spec.key == report.key:
+        if isinstance(old, _ReportSubscription) and old.group.spec.key == report.key:
             return ReportUpdate(conn, tx, old.group.value)
-        g = self._report_group(report)
+        group = self._report_group(report)
         if old is not None:
             self.cancel(conn, tx)
-        sub = _ReportSub(conn, tx, g)
-        g.subs[key] = sub
-        self._add_sub(key, sub)
-        return ReportUpdate(conn, tx, g.value)
+        sub = _ReportSubscription(conn, tx, group)
+        group.subs[key] = sub
+        self._add_subscription(key, sub)
+        return ReportUpdate(conn, tx, group.value)
 
     def _report_group(self, spec: ReportSpec) -> _ReportGroup:
-        g = self._groups.get(spec.key)
-        if g is not None:
-            return g
+        """The report group of `spec`; made, computed and indexed on first use."""
+        group = self._report_groups.get(spec.key)
+        if group is not None:
+            return group
         if spec.kind == "count":
             assert spec.item_type is not None and spec.flt is not None
             self._store(spec.item_type)
             live = self._live_for(spec.item_type, spec.flt)
-            g = _ReportGroup(spec, {"count": len(live.ids)})
-            g.live = live
+            group = _ReportGroup(spec, {"count": len(live.ids)})
+            group.live = live
             if live.counts is None:
                 live.counts = {}
-            live.counts[g] = None
+            live.counts[group] = None
         elif spec.kind == "by_id":
             assert spec.item_type is not None and spec.item_id is not None
             store = self._store(spec.item_type)
-            g = _ReportGroup(spec, store.items.get(spec.item_id))
+            group = _ReportGroup(spec, store.items.get(spec.item_id))
             by_id = self._reports_by_id.setdefault(spec.item_type, {})
-            by_id.setdefault(spec.item_id, {})[g] = None
+            by_id.setdefault(spec.item_id, {})[group] = None
         elif spec.kind == "custom":
             assert spec.compute is not None
             for t in spec.item_types:
                 self._store(t)
-            g = _ReportGroup(spec, spec.compute(self))
+            group = _ReportGroup(spec, spec.compute(self))
             for t in spec.item_types:
-                self._reports_by_type.setdefault(t, {})[g] = None
+                self._reports_by_type.setdefault(t, {})[group] = None
         else:
             raise EngineError(f"unknown report kind {spec.kind!r}")
-        self._groups[spec.key] = g
-        return g
+        self._report_groups[spec.key] = group
+        return group
 
-    def _drop_group(self, g: _ReportGroup) -> None:
-        spec = g.spec
-        del self._groups[spec.key]
+    def _drop_report_group(self, group: _ReportGroup) -> None:
+        """Forget a report group whose last subscription was cancelled."""
+        spec = group.spec
+        del self._report_groups[spec.key]
         if spec.kind == "count":
-            live = g.live
+            live = group.live
             assert live is not None and live.counts is not None
-            live.counts.pop(g, None)
+            live.counts.pop(group, None)
             self._release(live)
         elif spec.kind == "by_id":
             assert spec.item_type is not None and spec.item_id is not None
             by_id = self._reports_by_id[spec.item_type]
-            d = by_id[spec.item_id]
-            d.pop(g, None)
-            if not d:
+            groups = by_id[spec.item_id]
+            groups.pop(group, None)
+            if not groups:
                 del by_id[spec.item_id]
             if not by_id:
                 del self._reports_by_id[spec.item_type]
         else:
             for t in spec.item_types:
-                d = self._reports_by_type.get(t)
-                if d is not None:
-                    d.pop(g, None)
-                    if not d:
+                groups = self._reports_by_type.get(t)
+                if groups is not None:
+                    groups.pop(group, None)
+                    if not groups:
                         del self._reports_by_type[t]
 
     # -- subscriptions ----------------------------------------------------------
 
-    def _add_sub(self, key: Key, sub: _Sub | _ReportSub) -> None:
+    def _add_subscription(
+        self, key: SubscriptionKey, sub: _QuerySubscription | _ReportSubscription
+    ) -> None:
         self._subs[key] = sub
         self._by_conn.setdefault(key[0], {})[key[1]] = None
 
     def cancel(self, conn: Hashable, tx: str) -> None:
-        """Cancel whatever subscription holds (conn, tx); unknown is a no-op."""
+        """Cancel whatever subscription holds (connection, tx); unknown is a no-op."""
         key = (conn, tx)
         sub = self._subs.pop(key, None)
         if sub is None:
@@ -512,14 +572,14 @@ class Engine:
             txs.pop(tx, None)
             if not txs:
                 del self._by_conn[conn]
-        if isinstance(sub, _Sub):
+        if isinstance(sub, _QuerySubscription):
             self._detach(sub)
             self._release(sub.live)
         else:
-            g = sub.group
-            g.subs.pop(key, None)
-            if not g.subs:
-                self._drop_group(g)
+            group = sub.group
+            group.subs.pop(key, None)
+            if not group.subs:
+                self._drop_report_group(group)
 
     def drop_connection(self, conn: Hashable) -> None:
         """Remove every subscription of a closed connection."""
@@ -530,7 +590,11 @@ class Engine:
 
     def apply(self, events: Sequence[CommittedEvent]) -> list[Update]:
         """Apply committed events (ascending positions) and return the coalesced updates:
-        at most one per subscription, with final states only."""
+        at most one per subscription, with final states only.
+
+        Three steps: update the stores (noting the touched items), match the touched items
+        against the live results they may affect (a delta each), then emit the updates of
+        each live result's subscriptions and of the report groups."""
         touched = self._apply_to_stores(events)
         if not touched:
             return []
@@ -577,6 +641,7 @@ class Engine:
     def _reindex(
         self, item_type: str, store: _Store, item_id: str, old: dict | None, new: dict | None
     ) -> None:
+        """Keep the store index current for one item that went from `old` to `new`."""
         kinds = self._schemas[item_type].fields
         for field, index in store.by_field.items():
             kind = kinds.get(field, "json")
@@ -587,87 +652,51 @@ class Engine:
             if new is not None and (old is None or ko != kn):
                 _index_id(index, kn, item_id)
 
-    def _match(self, touched: dict[str, dict[str, dict | None]]) -> dict[_Live, _Delta]:
-        """Visit only the live results each changed item may affect; update their ids."""
-        deltas: dict[_Live, _Delta] = {}
+    def _match(self, touched: dict[str, dict[str, dict | None]]) -> dict[_LiveResult, _Delta]:
+        """Bring every live result a touched item may affect up to date; return their deltas."""
+        deltas: dict[_LiveResult, _Delta] = {}
         evals = 0
-
-        def visit(lives: _Slot, item_id: str, new: dict | None) -> None:
-            nonlocal evals
-            for live in (lives,) if isinstance(lives, _Live) else lives:
-                if new is None:
-                    now = False
-                else:
-                    evals += 1
-                    now = _safe_match(live.flt.matches, new)
-                ids = live.ids
-                if item_id in ids:
-                    if now:
-                        d = deltas.get(live)
-                        if d is None:
-                            d = deltas[live] = _Delta()
-                        d.changed.append(item_id)
-                        continue
-                    ids.discard(item_id)
-                    s = live.sorted_ids
-                    if s is not None:
-                        del s[bisect_left(s, item_id)]
-                    d = deltas.get(live)
-                    if d is None:
-                        d = deltas[live] = _Delta()
-                    d.left.append(item_id)
-                elif now:
-                    ids.add(item_id)
-                    if live.sorted_ids is not None:
-                        insort(live.sorted_ids, item_id)
-                    d = deltas.get(live)
-                    if d is None:
-                        d = deltas[live] = _Delta()
-                    d.entered.append(item_id)
-
-        for item_type, changed in touched.items():
-            items = self._stores[item_type].items
-            by_id = self._by_id.get(item_type)
-            by_field = self._by_field.get(item_type)
-            scan = self._scan.get(item_type)
-            if not (by_id or by_field or scan):
-                continue
-            kinds = self._schemas[item_type].fields
-            for item_id, old in changed.items():
-                new = items.get(item_id)
-                if old is None:
-                    if new is None:
-                        continue
-                elif new is not None and (old is new or strict_equal(old, new)):
-                    continue  # nothing visible changed
-                if by_id:
-                    lives = by_id.get(item_id)
-                    if lives:
-                        visit(lives, item_id, new)
-                if by_field:
-                    for field, keyed in by_field.items():
-                        kind = kinds.get(field, "json")
-                        kn = None if new is None else field_key(kind, new.get(field))
-                        if kn is not None:
-                            lives = keyed.get(kn)
-                            if lives:
-                                visit(lives, item_id, new)
-                        if old is not None:
-                            ko = field_key(kind, old.get(field))
-                            if ko != kn:
-                                lives = keyed.get(ko)
-                                if lives:
-                                    # Registered under the old value, so `new` cannot match.
-                                    visit(lives, item_id, None)
-                if scan:
-                    visit(scan, item_id, new)
+        for item_type, before in touched.items():
+            evals += self._match_type(item_type, before, deltas)
         self.predicate_evaluations += evals
         return deltas
+
+    def _match_type(
+        self, item_type: str, before: dict[str, dict | None], deltas: dict[_LiveResult, _Delta]
+    ) -> int:
+        """Rematch the touched items of one type against their candidate live results: those
+        indexed under the item's id, under the equality keys of its old and new value, and the
+        type's scanned ones. Returns the number of predicate evaluations."""
+        by_id = self._by_id.get(item_type)
+        by_field = self._by_field.get(item_type)
+        scan = self._scan.get(item_type)
+        if not (by_id or by_field or scan):
+            return 0
+        items = self._stores[item_type].items
+        fields = _indexed_fields(by_field, self._schemas[item_type].fields) if by_field else None
+        evals = 0
+        for item_id, old in before.items():
+            new = items.get(item_id)
+            if old is None:
+                if new is None:
+                    continue  # created and deleted within the batch
+            elif new is not None and (old is new or strict_equal(old, new)):
+                continue  # nothing visible changed
+            if by_id:
+                slot = by_id.get(item_id)
+                if slot:
+                    evals += _rematch(slot, item_id, new, deltas)
+            if fields:
+                evals += _rematch_by_field(fields, item_id, old, new, deltas)
+            if scan:
+                evals += _rematch(scan, item_id, new, deltas)
+        return evals
 
     def _shared(
         self, item_type: str, ids: list[str], cache: dict[Hashable, SharedItems]
     ) -> SharedItems:
-        """One SharedItems per distinct (type, id set) per apply() call."""
+        """One SharedItems per distinct (type, id set) per apply() call, shared by every
+        subscription that receives those items."""
         ck: Hashable = (item_type, ids[0]) if len(ids) == 1 else (item_type, frozenset(ids))
         s = cache.get(ck)
         if s is None:
@@ -677,11 +706,14 @@ class Engine:
 
     def _emit_live(
         self,
-        live: _Live,
+        live: _LiveResult,
         d: _Delta,
         cache: dict[Hashable, SharedItems],
         updates: list[Update],
     ) -> None:
+        """Append the updates one live result's delta causes: to its subscriptions without
+        a window, to the subscriptions of each window whose page it changed, and to its
+        count report groups whose count changed."""
         live.snapshot = None
         total = len(live.ids)
         membership = bool(d.entered or d.left)
@@ -695,87 +727,102 @@ class Engine:
         if live.windows:
             s = live.sorted_ids
             assert s is not None
-            for g in live.windows.values():
-                start, stop = g.offset, g.offset + g.limit
+            for win in live.windows.values():
+                start, stop = win.offset, win.offset + win.limit
                 on_page = [i for i in d.changed if start <= bisect_left(s, i) < stop]
                 if membership:
                     new_page = s[start:stop]
-                    if not on_page and total == g.total and new_page == g.page:
+                    if not on_page and total == win.total and new_page == win.page:
                         continue
-                    old_set = set(g.page)
+                    old_set = set(win.page)
                     new_set = set(new_page)
                     up_ids = [i for i in new_page if i not in old_set]
                     up_ids += [i for i in on_page if i in old_set]
-                    deletes = [i for i in g.page if i not in new_set]
-                    g.set_page(new_page, total)
+                    deletes = [i for i in win.page if i not in new_set]
+                    win.set_page(new_page, total)
                 else:
                     if not on_page:
                         continue
                     up_ids, deletes = on_page, []
-                    g.snapshot = None
+                    win.snapshot = None
                 upserts = self._shared(t, up_ids, cache)
-                changes = g.changes()
-                for sub in g.subs.values():
+                changes = win.changes()
+                for sub in win.subs.values():
                     sub.sequence += 1
                     updates.append(
                         QueryUpdate(
-                            sub.conn, sub.tx, sub.sequence, upserts, deletes, total, g.echo, changes
+                            sub.conn,
+                            sub.tx,
+                            sub.sequence,
+                            upserts,
+                            deletes,
+                            total,
+                            win.echo,
+                            changes,
                         )
                     )
         if membership and live.counts:
-            for rg in live.counts:
-                if rg.value["count"] != total:
-                    rg.value = {"count": total}
-                    _report(rg, updates)
+            for group in live.counts:
+                if group.value["count"] != total:
+                    group.value = {"count": total}
+                    _report(group, updates)
 
     def _emit_reports(
         self, touched: dict[str, dict[str, dict | None]], updates: list[Update]
     ) -> None:
+        """Append the updates of the by-id and custom report groups whose value the touched
+        items changed (count report groups follow their live result, in _emit_live)."""
         customs: dict[_ReportGroup, None] = {}
-        for item_type, changed in touched.items():
+        for item_type, before in touched.items():
             by_id = self._reports_by_id.get(item_type)
             if by_id:
                 items = self._stores[item_type].items
-                for item_id in changed:
+                for item_id in before:
                     groups = by_id.get(item_id)
                     if groups:
                         new = items.get(item_id)
-                        for g in groups:
-                            if not strict_equal(g.value, new):
-                                g.value = new
-                                _report(g, updates)
+                        for group in groups:
+                            if not strict_equal(group.value, new):
+                                group.value = new
+                                _report(group, updates)
             more = self._reports_by_type.get(item_type)
             if more:
                 customs.update(more)
-        for g in customs:
-            assert g.spec.compute is not None
+        for group in customs:
+            assert group.spec.compute is not None
             try:
-                value = g.spec.compute(self)
+                value = group.spec.compute(self)
             except Exception:
-                log.exception("report %r failed; keeping its last value", g.spec.key)
+                log.exception("report %r failed; keeping its last value", group.spec.key)
                 continue
-            if not strict_equal(g.value, value):
-                g.value = value
-                _report(g, updates)
+            if not strict_equal(group.value, value):
+                group.value = value
+                _report(group, updates)
 
 
-_Slot = _Live | dict[_Live, None]
+# ---------------------------------------------------------------------------
+# Index slots
+# ---------------------------------------------------------------------------
+
+# What one key of the live-result index leads to: one live result, or several.
+_Slot = _LiveResult | dict[_LiveResult, None]
 
 
-def _slot_add(index: dict, key: Hashable, live: _Live) -> None:
+def _slot_add(index: dict, key: Hashable, live: _LiveResult) -> None:
     """Most index keys lead to one live result: store it bare, not in a one-entry dict
     (a dict is ~230 bytes per distinct subscription)."""
     slot = index.get(key)
     if slot is None:
         index[key] = live
-    elif isinstance(slot, _Live):
+    elif isinstance(slot, _LiveResult):
         if slot is not live:
             index[key] = {slot: None, live: None}
     else:
         slot[live] = None
 
 
-def _slot_remove(index: dict, key: Hashable, live: _Live) -> None:
+def _slot_remove(index: dict, key: Hashable, live: _LiveResult) -> None:
+    """Undo _slot_add; a slot left with one live result holds it bare again."""
     slot = index.get(key)
     if slot is live:
         del index[key]
@@ -799,6 +846,7 @@ def _index_id(index: dict, key: Hashable, item_id: str) -> None:
 
 
 def _unindex_id(index: dict, key: Hashable, item_id: str) -> None:
+    """Undo _index_id; an entry left with one id holds it bare again."""
     slot = index.get(key)
     if slot == item_id:
         del index[key]
@@ -808,9 +856,82 @@ def _unindex_id(index: dict, key: Hashable, item_id: str) -> None:
             index[key] = next(iter(slot))
 
 
-def _report(g: _ReportGroup, updates: list[Update]) -> None:
-    value = g.value
-    for sub in g.subs.values():
+# ---------------------------------------------------------------------------
+# Matching one touched item against its candidate live results (Engine._match_type)
+# ---------------------------------------------------------------------------
+
+
+def _indexed_fields(
+    by_field: dict[str, dict[Hashable, _Slot]], kinds: Mapping[str, str]
+) -> list[tuple[str, dict[Hashable, _Slot], str]]:
+    """(field, its slots by key, its kind) for each field of a type's live-result index."""
+    return [(field, keyed, kinds.get(field, "json")) for field, keyed in by_field.items()]
+
+
+def _rematch_by_field(
+    fields: list[tuple[str, dict[Hashable, _Slot], str]],
+    item_id: str,
+    old: dict | None,
+    new: dict | None,
+    deltas: dict[_LiveResult, _Delta],
+) -> int:
+    """Rematch one item against the live results indexed by equality on its fields: those
+    under the key of its new value may keep or gain it; those under the key of its old
+    value, when that differs, can only lose it. Returns the predicate evaluations."""
+    evals = 0
+    for field, keyed, kind in fields:
+        key_new = None if new is None else field_key(kind, new.get(field))
+        if key_new is not None:
+            slot = keyed.get(key_new)
+            if slot:
+                evals += _rematch(slot, item_id, new, deltas)
+        if old is not None:
+            key_old = field_key(kind, old.get(field))
+            if key_old != key_new:
+                slot = keyed.get(key_old)
+                if slot:  # indexed under the old value, so the item cannot match them
+                    _rematch(slot, item_id, None, deltas)
+    return evals
+
+
+def _rematch(
+    slot: _Slot, item_id: str, item: dict | None, deltas: dict[_LiveResult, _Delta]
+) -> int:
+    """Test one item's new state against each live result of an index slot (None: deleted,
+    or found under its old key, so it cannot match) and apply the outcome to the live
+    result: the item stays in (changed), leaves, or enters. `ids` and `sorted_ids` follow,
+    and the live result's delta records it. Returns the number of predicate evaluations."""
+    lives = (slot,) if isinstance(slot, _LiveResult) else slot
+    for live in lives:
+        now = item is not None and _safe_match(live.flt.matches, item)
+        ids = live.ids
+        if item_id in ids:  # stays in (changed) or leaves
+            d = deltas.get(live)
+            if d is None:
+                d = deltas[live] = _Delta()
+            if now:
+                d.changed.append(item_id)
+                continue
+            ids.discard(item_id)
+            sorted_ids = live.sorted_ids
+            if sorted_ids is not None:
+                del sorted_ids[bisect_left(sorted_ids, item_id)]
+            d.left.append(item_id)
+        elif now:  # enters
+            ids.add(item_id)
+            if live.sorted_ids is not None:
+                insort(live.sorted_ids, item_id)
+            d = deltas.get(live)
+            if d is None:
+                d = deltas[live] = _Delta()
+            d.entered.append(item_id)
+    return 0 if item is None else len(lives)
+
+
+def _report(group: _ReportGroup, updates: list[Update]) -> None:
+    """Append the report group's value for each of its subscriptions."""
+    value = group.value
+    for sub in group.subs.values():
         updates.append(ReportUpdate(sub.conn, sub.tx, value))
 
 

@@ -89,7 +89,9 @@ def _claim(command_id: str, tx: str, user_key: str, using: str) -> CommandResult
             with transaction.atomic(using=using):
                 return results.create(**key, response=None, created_at=timezone.now())
         except IntegrityError:
-            stored = results.get(**key)
+            stored = results.filter(**key).first()
+            if stored is None:
+                continue  # deleted meanwhile (myko_clear_command_results): claim again
             if stored.created_at >= cutoff:
                 return Outcome(stored.response, 0, replayed=True)
             stored.delete()  # expired: this tx may run again

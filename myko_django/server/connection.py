@@ -23,7 +23,7 @@ from myko_django.live.updates import QueryUpdate, ReportSpec, ReportUpdate, Upda
 from myko_django.server.fanout import encode_query_response
 from myko_django.wire import codecs
 from myko_django.wire import envelope as ev
-from myko_django.wire.envelope import WindowError
+from myko_django.wire.envelope import WindowError, parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Connection:
             return self._bad(f"{event} without {key}.tx")
         if tx in self.kinds:
             return  # duplicate subscribe with an active tx: ignored (PROTOCOL §3.1)
-        if op_id in ("GetConnectedServer", "GetPeerServers"):
+        if isinstance(op_id, str) and op_id in ev.SERVER_QUERIES:
             self.kinds[tx] = response
             return self._static_servers(op_id, tx, response)
         try:
@@ -322,10 +322,11 @@ class Connection:
         tx = data.get("tx") if isinstance(data, dict) else None
         if not isinstance(tx, str) or "window" not in data:
             return self._bad(f"{event} needs {{tx, window}}")
-        if tx in self.loading:
-            self.loading[tx].window = data["window"]
-            return
         try:
+            if tx in self.loading:  # checked now, as on a loaded store, applied on start
+                parse_window(data["window"])
+                self.loading[tx].window = data["window"]
+                return
             update = self.hub.engine.set_window(self, tx, data["window"])
         except WindowError as exc:
             kind = "view" if event == ev.VIEW_WINDOW else "query"

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import types
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -129,13 +130,13 @@ class Outbox:
 
     async def _finish(self, sending: Any, waiting_on: Any) -> None:
         try:
-            if inspect.iscoroutine(sending):
-                await _drive(sending, waiting_on)
-            else:
-                try:
+            try:
+                if inspect.iscoroutine(sending):
+                    await _resume(sending, waiting_on)
+                else:
                     await sending
-                except Exception:
-                    logger.exception("myko: sending a frame failed")
+            except Exception:
+                logger.exception("myko: sending a frame failed")
             while self.queue:
                 message = _frame_message(self.queue.popleft())
                 try:
@@ -148,29 +149,39 @@ class Outbox:
 
     def close(self) -> None:
         self.queue.clear()
-        if self.task is not None:
-            self.task.cancel()
+        # Forget the task here: one cancelled before its first step never runs the
+        # `finally` of `_finish`, and would then hold every later frame in the queue.
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
 
 
-async def _drive(coroutine: Any, waiting_on: Any) -> None:
-    """Run a coroutine that was stepped by hand and suspended on `waiting_on` to its end,
-    resuming it as a Task would: after the future it waits on is done (asyncio coroutines
-    yield futures, or None to yield the loop). Only the public coroutine protocol
-    (`send`, `close`) is used: the future is waited on, never handed to a Task."""
-    try:
-        while True:
-            if waiting_on is None:
-                await asyncio.sleep(0)
-            else:
-                await asyncio.wait((waiting_on,))
-            waiting_on = coroutine.send(None)
-    except StopIteration:
-        return
-    except asyncio.CancelledError:
-        coroutine.close()
-        raise
-    except Exception:
-        logger.exception("myko: sending a frame failed")
+@types.coroutine
+def _resume(coroutine: Any, waiting_on: Any) -> Any:
+    """Finish, in the running Task, a coroutine that was stepped by hand and suspended on
+    `waiting_on` (a future, or None: a bare yield to the loop).
+
+    It yields `waiting_on` to the Task exactly as the coroutine would have had a Task stepped
+    it, so the Task waits for it the usual way (and takes the future's "blocking" mark
+    off: a future left marked cannot be awaited by anyone else while pending). What the
+    Task throws in (a cancel, the future's exception) goes on to the coroutine; the rest
+    runs by `yield from`. Generators, coroutines and Tasks only, by their public protocol.
+    (So the mark stays on for one turn of the loop, until the Task's first step: taking it
+    off at once would mean writing asyncio's private `_asyncio_future_blocking`.)
+    """
+    while True:
+        try:
+            yield waiting_on
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as exc:
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            return (yield from coroutine)
 
 
 def _size(text: str | None, data: bytes | None) -> int:

@@ -49,6 +49,9 @@ SERVER_TO_CLIENT = frozenset(
     }
 )
 
+# Queries the server answers itself, before any item type's operations.
+SERVER_QUERIES = frozenset({"GetConnectedServer", "GetPeerServers"})
+
 # The text frame that switches a JSON connection to MessagePack, and the server's answer.
 SWITCH_TEXT = "myko:switch-to-msgpack"
 SWITCH_REPLY = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'

@@ -62,6 +62,13 @@ def nested(ctx, *, label: str) -> dict:
     return {"inner": inner, "got": ctx.get("Gadget", f"g-{label}")["label"]}
 
 
+@command("WhoAmI")
+def who_am_i(ctx) -> str | None:
+    """The username of the connection's user: None when anonymous."""
+    user = ctx.user
+    return user.username if user is not None and user.is_authenticated else None
+
+
 @query("GetGadgetsByMinCount", item="Gadget")
 def gadgets_by_min_count(*, min_count: int):
     return {"count": {"kind": "range", "value": {"min": min_count}}}

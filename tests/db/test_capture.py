@@ -8,7 +8,7 @@ from myko_django.models import Event
 from project.demo.models import Scene, Target
 from tests.testapp.models import Gadget, LegacyRow, Owner, Stamp
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def events(after=0):

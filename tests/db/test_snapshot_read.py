@@ -7,11 +7,11 @@ import pytest
 
 from myko_django.items.registry import registry
 from myko_django.log.read import read_snapshot
-from tests.test_items import every_kind
+from tests.support.data import every_kind
 from tests.testapp.models import Gadget, LegacyRow, Owner
 
 # read_snapshot opens its own REPEATABLE READ transaction: not inside a test transaction.
-pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_snapshot_items_equal_encoded_instances():

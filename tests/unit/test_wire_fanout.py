@@ -11,8 +11,6 @@ from myko_django.live.updates import QueryUpdate, SharedItems
 from myko_django.server.fanout import encode_query_response
 from myko_django.wire import codecs as wire
 
-pytestmark = [pytest.mark.core]
-
 TXS = ["s1", 'with "quote"', "back\\slash", "ctl\x01", "é-unicode", "x" * 31, "y" * 300, ""]
 SEQUENCES = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40]
 

@@ -7,8 +7,6 @@ import pytest
 
 from myko_django.server.endpoint import Outbox
 
-pytestmark = [pytest.mark.core]
-
 
 class Server:
     """A fake ASGI send; `hold` makes the next sends wait until `release()`."""

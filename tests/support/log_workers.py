@@ -1,8 +1,8 @@
 """Processes for the commit-order test: writers that stall between append and commit, and
 a reader that tails the log and reports any position it saw before a lower one.
 
-    python -m tests.log_workers write <count> <seed>
-    python -m tests.log_workers read <seconds>
+    python -m tests.support.log_workers write <count> <seed>
+    python -m tests.support.log_workers read <seconds>
 """
 
 import os

@@ -408,6 +408,21 @@ def test_index_on_id_and_scan_list():
     assert [u.tx for u in ups] == ["scan"]
 
 
+def test_empty_id_set_next_to_other_id_results_cancels_cleanly():
+    """An empty id set matches nothing; released after another id result of its type, it
+    must not look for an index entry that went with the other one."""
+    log = Log()
+    e = engine([it("1")])
+    e.subscribe_query("c", "one", T, filter_for_ids(SCHEMA, ["1"]), None)
+    e.subscribe_query("c", "none", T, filter_for_ids(SCHEMA, []), None)
+    e.subscribe_query("c", "in-none", T, q({"id": {"kind": "in", "value": []}}), None)
+    assert e.apply([log.set(it("2"))]) == []
+    e.cancel("c", "one")
+    e.cancel("c", "none")
+    e.drop_connection("c")
+    assert e.stats()["subscriptions"] == 0 and e.stats()["live_results"] == 0
+
+
 def test_in_empty_is_never_visited():
     log = Log()
     e = engine([it("1")])

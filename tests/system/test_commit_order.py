@@ -8,17 +8,17 @@ import sys
 import pytest
 
 from myko_django.models import Event
-from tests.servers import database_url_for_children
+from myko_django.testing import current_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_concurrent_writers_with_stalls_commit_in_position_order():
-    env_url = database_url_for_children()
+    env_url = current_database_url()
 
     def run(*args):
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.log_workers", *args],
+            [sys.executable, "-m", "tests.support.log_workers", *args],
             env={**os.environ, "DATABASE_URL": env_url},
             stdout=subprocess.PIPE,
             text=True,

@@ -9,7 +9,6 @@ still JSON (§1).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from typing import Any
 
 import msgpack
 import pytest
-import websockets
 
-from tests.test_protocol import Client, count_rows, new_tx, row, target
+from tests.support.data import count_rows, db, row, target
+from tests.support.wsclient import WsClient, new_tx
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -36,7 +35,7 @@ class Raw:
 class Watched:
     """A connection with a live GetAllTargets subscription, to prove it is still healthy."""
 
-    def __init__(self, client: Client, tx: str) -> None:
+    def __init__(self, client: WsClient, tx: str) -> None:
         self.c = client
         self.tx = tx
         self.sequence = 0
@@ -75,7 +74,7 @@ class Watched:
 
 @pytest.fixture
 async def watched(asgi_app, fmt):
-    c = await Client(asgi_app, fmt).connect()
+    c = await WsClient.asgi(asgi_app, fmt)
     tx, _ = await c.subscribe("GetAllTargets", "Target")
     w = Watched(c, tx)
     yield w
@@ -503,7 +502,7 @@ async def test_event_batch_with_one_bad_event_commits_the_others(watched):
 
 async def test_frame_over_the_size_limit_closes_with_1009(asgi_app, fmt, settings):
     settings.MYKO = {"MAX_MESSAGE_SIZE": 1024}
-    bystander = await Client(asgi_app, fmt).connect()
+    bystander = await WsClient.asgi(asgi_app, fmt)
     tx, _ = await bystander.subscribe("GetAllTargets", "Target")
     watched = Watched(bystander, tx)
     # Exactly at the limit is accepted.
@@ -514,24 +513,21 @@ async def test_frame_over_the_size_limit_closes_with_1009(asgi_app, fmt, setting
     await bystander.send_raw(frame)
     assert await bystander.recv() == ping
     for big in ("x" * 2000, b"\x81" + b"\x00" * 2000):
-        c = await Client(asgi_app, fmt).connect()
+        c = await WsClient.asgi(asgi_app, fmt)
         await c.ping()
         await c.send_raw(big)
-        out = await c.comm.receive_output(5)
-        assert out == {"type": "websocket.close", "code": 1009}
-        await c.comm.wait(5)
+        assert await c.wait_closed(5) == 1009
         await watched.healthy(f"another connection sent {len(big)} bytes")
     await bystander.close()
 
 
 async def test_multibyte_text_frame_over_the_byte_limit_closes_with_1009(asgi_app, fmt, settings):
     settings.MYKO = {"MAX_MESSAGE_SIZE": 1024}
-    c = await Client(asgi_app, fmt).connect()
+    c = await WsClient.asgi(asgi_app, fmt)
     text = json.dumps(env("ws:m:ping", {"id": "é" * 600}), ensure_ascii=False)
     assert len(text) < 1024 < len(text.encode())
     await c.send_raw(text)
-    assert await c.comm.receive_output(5) == {"type": "websocket.close", "code": 1009}
-    await c.comm.wait(5)
+    assert await c.wait_closed(5) == 1009
 
 
 # ---- values JSON/MessagePack cannot carry both ways: the connection must survive --------
@@ -614,7 +610,6 @@ async def test_deeply_nested_query_parameter_does_not_kill_the_connection(watche
 async def test_result_a_format_cannot_carry_ends_that_subscription_with_an_error(watched, fmt):
     """A JSON field holding a 65-bit integer, written through the ORM, cannot be sent as
     MessagePack: its subscribers get a query-error, not a silent gap."""
-    from tests.test_protocol import db
     from tests.testapp.models import Gadget
 
     tx, _ = await watched.c.subscribe("GetAllGadgets", "Gadget")
@@ -653,7 +648,7 @@ async def test_client_vanishing_mid_command_still_commits_and_leaves_no_subscrip
 ):
     from myko_django.server.hub import _hubs
 
-    c = await Client(asgi_app, fmt).connect()
+    c = await WsClient.asgi(asgi_app, fmt)
     await c.subscribe("GetAllGadgets", "Gadget")
     await c.report("CountAllGadgets")
     await c.expect("ws:m:report-response")
@@ -674,7 +669,7 @@ async def test_client_vanishing_mid_command_still_commits_and_leaves_no_subscrip
     assert await count_rows("testapp.Gadget", label="vanish") == 1
     assert await count_rows("myko_django.CommandResult", tx=tx) == 1
     # The committed row is served to the next client, and the retry is idempotent.
-    other = await Client(asgi_app, fmt).connect()
+    other = await WsClient.asgi(asgi_app, fmt)
     _, data = await other.subscribe("GetAllGadgets", "Gadget")
     assert [u["item"]["label"] for u in data["upserts"]] == ["vanish"]
     await other.command("SlowCount", {"label": "vanish"}, tx=tx)
@@ -691,77 +686,3 @@ async def _until(predicate, timeout: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
-
-
-# ---- a real server ------------------------------------------------------------------------
-
-
-async def test_real_daphne_survives_garbage(daphne_server):
-    async with (
-        websockets.connect(daphne_server) as text_ws,
-        websockets.connect(daphne_server) as bin_ws,
-    ):
-
-        async def recv(ws, binary: bool) -> dict:
-            frame = await asyncio.wait_for(ws.recv(), 5)
-            assert isinstance(frame, bytes) is binary, frame
-            return msgpack.unpackb(frame) if binary else json.loads(frame)
-
-        for ws, binary in ((text_ws, False), (bin_ws, True)):
-            pack = msgpack.packb if binary else json.dumps
-            if binary:
-                await ws.send(pack(env("ws:m:ping", {"id": "first"})))  # fixes MessagePack
-                assert await recv(ws, True) == env("ws:m:ping", {"id": "first"})
-            for garbage in (
-                "{not json",
-                b"\xc1\x00garbage",
-                "[1,2]",
-                "5",
-                json.dumps(env("ws:m:nope", {})),
-                json.dumps(env("ws:m:query", [1])),
-                json.dumps(env("ws:m:query-response", {"tx": "q"})),
-                "\x00" * 1000,
-                b"\xde\x00",
-            ):
-                await ws.send(garbage)
-            tx = new_tx()
-            await ws.send(pack(q(tx, queryId="GetAllTargets")))
-            first = await recv(ws, binary)
-            assert first["data"] == {
-                "tx": tx,
-                "sequence": 0,
-                "upserts": first["data"]["upserts"],
-                "deletes": [],
-                "totalCount": len(first["data"]["upserts"]),
-            }
-            await ws.send(b"\xc1" * 100)
-            item_id = f"real-{int(binary)}"
-            await ws.send(
-                pack(
-                    env(
-                        "ws:m:event",
-                        {
-                            "changeType": "SET",
-                            "itemType": "Target",
-                            "item": {"id": item_id, "name": "a"},
-                        },
-                    )
-                )
-            )
-            update = await recv(ws, binary)
-            assert update["data"]["sequence"] == 1
-            assert update["data"]["upserts"] == [row(target(item_id, "a"))]
-            await ws.send(pack(env("ws:m:ping", {"id": "end", "timestamp": 5})))
-            assert await recv(ws, binary) == env("ws:m:ping", {"id": "end", "timestamp": 5})
-    assert await count_rows("demo.Target") == 2
-
-
-async def test_real_daphne_lone_surrogate_does_not_mute_the_connection(daphne_server):
-    async with websockets.connect(daphne_server) as ws:
-        await ws.send('{"event":"ws:m:ping","data":{"id":"\\ud800"}}')
-        await ws.send(json.dumps(env("ws:m:ping", {"id": "after"})))
-        frames = []
-        with contextlib.suppress(TimeoutError):
-            while True:
-                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 1)))
-        assert env("ws:m:ping", {"id": "after"}) in frames, frames

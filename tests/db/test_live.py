@@ -14,7 +14,7 @@ from myko_django.testing import LiveSession
 from project.demo.models import Scene, Target
 from tests.testapp.models import Gadget
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

@@ -2,237 +2,22 @@
 
 Every test talks to the project's real ASGI application (origin check, auth middleware,
 router, consumer, runtime, database) through Channels' WebsocketCommunicator; nothing is
-mocked. Each test runs once in JSON and once in MessagePack (§9.10) through `Client`.
+mocked. Each test runs once in JSON and once in MessagePack (§9.10) through the
+`client` fixture (tests/support/wsclient.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-from typing import Any
 
 import cbor2
 import msgpack
 import pytest
-from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.db import connections
+
+from tests.support.data import count_rows, items_by_id, row, seed_targets, target
+from tests.support.wsclient import AsgiTransport, WsClient, new_tx
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-_txs = itertools.count(1)
-
-
-def new_tx(prefix: str = "tx") -> str:
-    return f"{prefix}-{next(_txs)}"
-
-
-class Client:
-    """One WebSocket connection speaking JSON text frames or MessagePack/CBOR binary frames.
-
-    In a binary format, every frame it sends is binary (so the server's first reply is
-    already binary) and every frame it receives must be binary too.
-    """
-
-    def __init__(self, app: Any, fmt: str, path: str = "/myko") -> None:
-        self.fmt = fmt
-        self.comm = WebsocketCommunicator(app, path)
-
-    async def connect(self) -> Client:
-        connected, _ = await self.comm.connect()
-        assert connected
-        return self
-
-    def encode(self, message: Any) -> str | bytes:
-        if self.fmt == "json":
-            return json.dumps(message)
-        if self.fmt == "msgpack":
-            return msgpack.packb(message, use_bin_type=True)
-        return cbor2.dumps(message)
-
-    async def send_raw(self, frame: str | bytes) -> None:
-        key = "text" if isinstance(frame, str) else "bytes"
-        await self.comm.send_input({"type": "websocket.receive", key: frame})
-
-    async def send_message(self, message: Any) -> None:
-        await self.send_raw(self.encode(message))
-
-    async def send(self, event: str, data: Any) -> None:
-        await self.send_message({"event": event, "data": data})
-
-    async def recv_raw(self, timeout: float = 5) -> dict:
-        """The next frame; raises at once if the application crashed meanwhile."""
-        app = self.comm.future
-        get = asyncio.ensure_future(self.comm.output_queue.get())
-        await asyncio.wait({get, app}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if not get.done():
-            get.cancel()
-            if app.done():
-                app.result()  # the application's exception
-                raise AssertionError("the application ended without closing the socket")
-            raise TimeoutError(f"no message within {timeout} s")
-        out = get.result()
-        assert out["type"] == "websocket.send", out
-        return out
-
-    async def recv(self, timeout: float = 5) -> dict:
-        out = await self.recv_raw(timeout)
-        if self.fmt == "json":
-            assert out.get("text") is not None, f"expected a text frame, got {out!r:.200}"
-            return json.loads(out["text"])
-        assert out.get("bytes") is not None, f"expected a binary frame, got {out!r:.200}"
-        if self.fmt == "msgpack":
-            return msgpack.unpackb(out["bytes"], raw=False)
-        return cbor2.loads(out["bytes"])
-
-    async def expect(self, event: str, timeout: float = 5) -> Any:
-        message = await self.recv(timeout)
-        assert message["event"] == event, message
-        return message["data"]
-
-    async def nothing(self, timeout: float = 0.2) -> None:
-        assert await self.comm.receive_nothing(timeout), (
-            "unexpected message: "
-            + repr(
-                self.comm.output_queue._queue[0]  # noqa: SLF001 - for the failure message
-            )[:300]
-        )
-
-    # ---- protocol shortcuts ----------------------------------------------------------
-
-    async def query(
-        self,
-        query_id: str,
-        item_type: str | None,
-        params: dict | None = None,
-        *,
-        tx: str | None = None,
-        window: Any = ...,
-        event: str = "ws:m:query",
-    ) -> str:
-        tx = tx or new_tx("q")
-        key = "view" if event == "ws:m:view" else "query"
-        data: dict[str, Any] = {
-            key: {**(params or {}), "tx": tx},
-            f"{key}Id": query_id,
-            f"{key}ItemType": item_type,
-        }
-        if window is not ...:
-            data["window"] = window
-        await self.send(event, data)
-        return tx
-
-    async def subscribe(self, query_id: str, item_type: str, params=None, **kw) -> tuple:
-        """Subscribe and return (tx, its sequence-0 response)."""
-        tx = await self.query(query_id, item_type, params, **kw)
-        data = await self.expect("ws:m:query-response")
-        assert data["tx"] == tx and data["sequence"] == 0
-        return tx, data
-
-    async def report(self, report_id: str, params: dict | None = None, *, tx=None) -> str:
-        tx = tx or new_tx("r")
-        await self.send(
-            "ws:m:report", {"report": {**(params or {}), "tx": tx}, "reportId": report_id}
-        )
-        return tx
-
-    async def command(self, command_id: str, params: dict | None = None, *, tx=None) -> str:
-        tx = tx or new_tx("c")
-        await self.send(
-            "ws:m:command", {"command": {**(params or {}), "tx": tx}, "commandId": command_id}
-        )
-        return tx
-
-    async def event(self, change_type: str, item_type: str, item: dict, **extra) -> None:
-        await self.send(
-            "ws:m:event", {"changeType": change_type, "itemType": item_type, "item": item, **extra}
-        )
-
-    async def barrier(self) -> None:
-        """Wait until the events sent before are applied: commands and events run in
-        arrival order, and a command's response comes after the updates it follows."""
-        tx = await self.command("DeleteTargets", {"ids": []})
-        assert await self.expect("ws:m:command-response") == {
-            "response": {"deletedCount": 0},
-            "tx": tx,
-        }
-
-    async def ping(self, ping_id: str = "p") -> None:
-        """Send a ping and require the echo as the very next message."""
-        data = {"id": ping_id, "timestamp": 1700000000000}
-        await self.send("ws:m:ping", data)
-        assert await self.recv() == {"event": "ws:m:ping", "data": data}
-
-    async def close(self) -> None:
-        if self.comm.future.done():
-            # The application already ended: a crash the test has seen (every receive
-            # re-raises it) or our own receive timeout, which cancels it.
-            return
-        await self.comm.disconnect()
-
-
-@pytest.fixture
-async def client(asgi_app, fmt):
-    c = await Client(asgi_app, fmt).connect()
-    yield c
-    await c.close()
-
-
-@pytest.fixture
-async def connect(asgi_app, fmt):
-    """Open more connections (in the test's format unless told), closed at the end."""
-    opened: list[Client] = []
-
-    async def open_one(f: str | None = None, path: str = "/myko") -> Client:
-        c = await Client(asgi_app, f or fmt, path).connect()
-        opened.append(c)
-        return c
-
-    yield open_one
-    for c in opened:
-        await c.close()
-
-
-def items_by_id(response: dict) -> dict[str, dict]:
-    return {u["item"]["id"]: u["item"] for u in response["upserts"]}
-
-
-def target(tid: str, name: str = "n", category: str | None = None) -> dict:
-    return {"id": tid, "name": name, "category": category, "sceneId": None}
-
-
-async def db(func, *args, **kwargs):
-    """Run ORM code on a worker thread (and close that thread's connection afterwards)."""
-
-    def run():
-        try:
-            return func(*args, **kwargs)
-        finally:
-            connections.close_all()
-
-    return await sync_to_async(run, thread_sensitive=True)()
-
-
-def row(item: dict, item_type: str = "Target") -> dict:
-    return {"item": item, "itemType": item_type}
-
-
-async def seed_targets(*ids: str, **fields) -> None:
-    from project.demo.models import Target
-
-    def create():
-        for i in ids:
-            Target.objects.create(id=i, name=f"n{i}", **fields)
-
-    await db(create)
-
-
-async def count_rows(model_path: str, **filters) -> int:
-    from django.apps import apps
-
-    model = apps.get_model(model_path)
-    return await db(lambda: model.objects.filter(**filters).count())
 
 
 # ---- §1 transport -------------------------------------------------------------------
@@ -246,12 +31,11 @@ async def test_endpoint_paths_and_origin(asgi_app, fmt):
         ("/myko", [(b"origin", b"http://evil.example")], False),
     ]
     for path, headers, accepted in cases:
-        comm = WebsocketCommunicator(asgi_app, path, headers=headers)
-        connected, _ = await comm.connect()
+        transport = AsgiTransport(asgi_app, path, headers)
+        connected = await transport.connect()
         assert connected is accepted, (path, headers)
         if connected:
-            c = Client(asgi_app, fmt)
-            c.comm = comm
+            c = WsClient(transport, fmt)
             await c.ping()
             await c.close()
 
@@ -648,29 +432,29 @@ async def test_malformed_frame_is_ignored_and_connection_keeps_working(client):
 # ---- §9.8 formats -----------------------------------------------------------------------
 
 
-def unpack(out: dict) -> dict:
-    assert out.get("bytes") is not None, f"expected a binary frame, got {out!r:.200}"
-    return msgpack.unpackb(out["bytes"], raw=False)
+def unpack(frame: str | bytes) -> dict:
+    assert isinstance(frame, bytes), f"expected a binary frame, got {frame!r:.200}"
+    return msgpack.unpackb(frame, raw=False)
 
 
 async def test_first_binary_frame_flips_the_outgoing_format(asgi_app):
-    c = await Client(asgi_app, "json").connect()
+    c = await WsClient.asgi(asgi_app, "json")
     tx, _ = await c.subscribe("GetAllTargets", "Target")  # text in, text out
     ping = {"event": "ws:m:ping", "data": {"id": "b", "timestamp": 2}}
     await c.send_raw(msgpack.packb(ping))
-    assert unpack(await c.recv_raw()) == ping
+    assert unpack(await c.recv_frame()) == ping
     # Text frames are still parsed as JSON, but every reply is now MessagePack.
     await c.send_raw(json.dumps(ping))
-    assert unpack(await c.recv_raw()) == ping
+    assert unpack(await c.recv_frame()) == ping
     await c.event("SET", "Target", {"id": "t", "name": "a"})
-    update = unpack(await c.recv_raw())
+    update = unpack(await c.recv_frame())
     assert update["event"] == "ws:m:query-response"
     assert update["data"]["sequence"] == 1 and update["data"]["tx"] == tx
     await c.close()
 
 
 async def test_undecodable_binary_frame_does_not_switch(asgi_app):
-    c = await Client(asgi_app, "json").connect()
+    c = await WsClient.asgi(asgi_app, "json")
     await c.send_raw(b"\x00\x01garbage")
     await c.send_raw(b"\x82\xa1")  # a truncated MessagePack map
     await c.ping()  # still JSON text
@@ -678,36 +462,36 @@ async def test_undecodable_binary_frame_does_not_switch(asgi_app):
 
 
 async def test_switch_text_replies_in_json_then_switches_to_msgpack(asgi_app):
-    c = await Client(asgi_app, "json").connect()
+    c = await WsClient.asgi(asgi_app, "json")
     switch = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'
     await c.send_raw("myko:switch-to-msgpack")
-    out = await c.recv_raw()
-    assert out.get("text") == switch
-    assert json.loads(out["text"]) == {
+    frame = await c.recv_frame()
+    assert frame == switch
+    assert json.loads(frame) == {
         "event": "ws:m:protocol-switch",
         "data": {"protocol": "msgpack"},
     }
     ping = {"event": "ws:m:ping", "data": {"id": "s", "timestamp": 3}}
     await c.send_raw(json.dumps(ping))
-    assert unpack(await c.recv_raw()) == ping
+    assert unpack(await c.recv_frame()) == ping
     await c.send_raw(msgpack.packb(ping))
-    assert unpack(await c.recv_raw()) == ping
+    assert unpack(await c.recv_frame()) == ping
     # Again after the switch: the reply is still a JSON text frame; replies stay MessagePack.
     await c.send_raw("myko:switch-to-msgpack")
-    assert (await c.recv_raw()).get("text") == switch
+    assert await c.recv_frame() == switch
     await c.send_raw(json.dumps(ping))
-    assert unpack(await c.recv_raw()) == ping
+    assert unpack(await c.recv_frame()) == ping
     await c.close()
 
 
 async def test_cbor_first_binary_frame_fixes_cbor(asgi_app):
-    c = await Client(asgi_app, "cbor").connect()
+    c = await WsClient.asgi(asgi_app, "cbor")
     tx, first = await c.subscribe("GetAllTargets", "Target")
     assert first == {"tx": tx, "sequence": 0, "upserts": [], "deletes": [], "totalCount": 0}
     await c.event("SET", "Target", {"id": "t", "name": "a"})
-    out = await c.recv_raw()
-    assert 0xA0 <= out["bytes"][0] <= 0xBF  # a CBOR map
-    assert cbor2.loads(out["bytes"])["data"]["upserts"] == [row(target("t", "a"))]
+    frame = await c.recv_frame()
+    assert isinstance(frame, bytes) and 0xA0 <= frame[0] <= 0xBF  # a CBOR map
+    assert cbor2.loads(frame)["data"]["upserts"] == [row(target("t", "a"))]
     r = await c.report("CountAllTargets")
     assert await c.expect("ws:m:report-response") == {"response": {"count": 1}, "tx": r}
     tx = await c.command("RenameTarget", {"id": "t", "name": "b"})

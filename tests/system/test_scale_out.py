@@ -2,7 +2,6 @@
 subscribers on every worker, in order, exactly once (DESIGN.md invariant 3)."""
 
 import asyncio
-import json
 import os
 import subprocess
 
@@ -12,6 +11,8 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from myko_django.models import Event
+from myko_django.testing import free_port
+from tests.support.wsclient import WsClient
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -33,7 +34,7 @@ def redis_url() -> str:
 class Watcher:
     """A subscriber that applies responses as a client would and checks their order."""
 
-    def __init__(self, ws) -> None:
+    def __init__(self, ws: WsClient) -> None:
         self.ws = ws
         self.state: dict[str, dict] = {}
         self.next_sequence = 1
@@ -42,7 +43,7 @@ class Watcher:
     async def until(self, predicate, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate(self.state):
-                data = json.loads(await self.ws.recv())["data"]
+                data = (await self.ws.recv(timeout=None))["data"]
                 assert data["sequence"] == self.next_sequence, "sequence numbers out of order"
                 self.next_sequence += 1
                 for item_id in data["deletes"]:
@@ -55,19 +56,10 @@ class Watcher:
         await self.ws.close()
 
 
-def query_all_gadgets(tx: str) -> str:
-    return json.dumps(
-        {
-            "event": "ws:m:query",
-            "data": {"query": {"tx": tx}, "queryId": "GetAllGadgets", "queryItemType": "Gadget"},
-        }
-    )
-
-
 async def subscribe(url: str, tx: str = "q") -> Watcher:
-    ws = await websockets.connect(url)
-    await ws.send(query_all_gadgets(tx))
-    first = json.loads(await ws.recv())
+    ws = await WsClient.socket(url)
+    await ws.query("GetAllGadgets", "Gadget", tx=tx)
+    first = await ws.recv(timeout=None)
     assert first["data"]["sequence"] == 0
     return Watcher(ws)
 
@@ -76,21 +68,11 @@ async def test_commands_on_one_worker_reach_subscribers_on_all(daphne_workers):
     # A poll interval of a minute: only the doorbell can deliver within the timeout.
     workers = daphne_workers(3, redis_url=redis_url(), extra_env={"MYKO_TEST_POLL_INTERVAL": "60"})
     subscribers = [await subscribe(w.url) for w in workers]
-    async with websockets.connect(workers[0].url) as writer:
+    async with await WsClient.socket(workers[0].url) as writer:
         for i in range(20):
-            await writer.send(
-                json.dumps(
-                    {
-                        "event": "ws:m:command",
-                        "data": {
-                            "command": {"tx": f"c{i}", "labels": [f"n{i}"]},
-                            "commandId": "MakeGadgets",
-                        },
-                    }
-                )
-            )
+            await writer.command("MakeGadgets", {"labels": [f"n{i}"]}, tx=f"c{i}")
         for _ in range(20):
-            assert json.loads(await writer.recv())["event"] in ("ws:m:command-response")
+            assert (await writer.recv(timeout=None))["event"] in ("ws:m:command-response")
     expected = {f"g-n{i}" for i in range(20)}
     for watcher in subscribers:
         await watcher.until(lambda state: set(state) == expected)
@@ -100,21 +82,11 @@ async def test_commands_on_one_worker_reach_subscribers_on_all(daphne_workers):
 
 
 async def send_commands(url: str, count: int, prefix: str) -> None:
-    async with websockets.connect(url) as writer:
+    async with await WsClient.socket(url) as writer:
         for i in range(count):
-            await writer.send(
-                json.dumps(
-                    {
-                        "event": "ws:m:command",
-                        "data": {
-                            "command": {"tx": f"{prefix}{i}", "labels": [f"{prefix}{i}"]},
-                            "commandId": "MakeGadgets",
-                        },
-                    }
-                )
-            )
+            await writer.command("MakeGadgets", {"labels": [f"{prefix}{i}"]}, tx=f"{prefix}{i}")
         for _ in range(count):
-            assert json.loads(await writer.recv())["event"] == "ws:m:command-response"
+            assert (await writer.recv(timeout=None))["event"] == "ws:m:command-response"
 
 
 async def test_dropped_doorbell_messages_are_repaired_from_the_log(daphne_workers):
@@ -139,14 +111,14 @@ async def test_worker_killed_other_workers_unaffected_clients_resubscribe(daphne
     with pytest.raises(websockets.ConnectionClosed):
         async with asyncio.timeout(5):
             while True:
-                await victim.ws.recv()
+                await victim.ws.recv_frame(timeout=None)
     await send_commands(survivor.url, 3, "after")
     expected = {f"g-before{i}" for i in range(3)} | {f"g-after{i}" for i in range(3)}
     await watcher.until(lambda state: set(state) == expected)
     # The killed worker's client reconnects elsewhere with the same tx: a fresh snapshot.
-    async with websockets.connect(survivor.url) as again:
-        await again.send(query_all_gadgets("q"))
-        snapshot = json.loads(await again.recv())["data"]
+    async with await WsClient.socket(survivor.url) as again:
+        await again.query("GetAllGadgets", "Gadget", tx="q")
+        snapshot = (await again.recv(timeout=None))["data"]
         assert snapshot["sequence"] == 0
         assert {row["item"]["id"] for row in snapshot["upserts"]} == expected
     await watcher.close()
@@ -155,8 +127,6 @@ async def test_worker_killed_other_workers_unaffected_clients_resubscribe(daphne
 async def test_redis_down_then_back_loses_nothing(daphne_workers, tmp_path):
     """Commands keep committing while Redis is down; subscribers on other workers get
     their updates from the log (poll), and fan-out resumes when Redis returns."""
-    from tests.servers import free_port
-
     port = free_port()
 
     def start_redis():
@@ -231,7 +201,7 @@ def final_state() -> dict[str, str]:
 class Recorder(Watcher):
     """Keeps every response so its diffs can be compared with the log afterwards."""
 
-    def __init__(self, ws, snapshot: dict) -> None:
+    def __init__(self, ws: WsClient, snapshot: dict) -> None:
         super().__init__(ws)
         self.messages = [snapshot]
         for row in snapshot["upserts"]:
@@ -240,7 +210,7 @@ class Recorder(Watcher):
     async def until(self, predicate, timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate(self.state):
-                data = json.loads(await self.ws.recv())["data"]
+                data = (await self.ws.recv(timeout=None))["data"]
                 assert data["sequence"] == self.next_sequence, "sequence numbers out of order"
                 self.next_sequence += 1
                 self.messages.append(data)
@@ -268,33 +238,23 @@ class Recorder(Watcher):
 
 
 async def record(url: str, tx: str = "q") -> Recorder:
-    ws = await websockets.connect(url, max_size=None)
-    await ws.send(query_all_gadgets(tx))
-    first = json.loads(await ws.recv())["data"]
+    ws = await WsClient.socket(url, max_size=None)
+    await ws.query("GetAllGadgets", "Gadget", tx=tx)
+    first = (await ws.recv(timeout=None))["data"]
     assert first["sequence"] == 0
     return Recorder(ws, first)
 
 
 async def write_notes(url: str, writer: str, count: int, pause: float = 0.0) -> None:
     """`count` commands, each setting an item of this writer's own and the shared one."""
-    async with websockets.connect(url) as ws:
+    async with await WsClient.socket(url) as ws:
         for i in range(count):
             items = [
                 {"id": f"{writer}-{i}", "label": "own", "note": f"{writer}-{i}"},
                 {"id": "shared", "label": "shared", "note": f"{writer}-{i}"},
             ]
-            await ws.send(
-                json.dumps(
-                    {
-                        "event": "ws:m:command",
-                        "data": {
-                            "command": {"tx": f"{writer}-{i}", "items": items},
-                            "commandId": "SetGadgets",
-                        },
-                    }
-                )
-            )
-            reply = json.loads(await ws.recv())
+            await ws.command("SetGadgets", {"items": items}, tx=f"{writer}-{i}")
+            reply = await ws.recv(timeout=None)
             assert reply["event"] == "ws:m:command-response", reply
             if pause:
                 await asyncio.sleep(pause)

@@ -14,7 +14,7 @@ from myko_django.models import CommandResult, Event
 from project.demo.models import Target
 from tests.testapp.models import Gadget, Owner
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_success_returns_response_and_position(published):

@@ -13,6 +13,7 @@ from django.db import connection
 from myko_django.items.registry import registry
 from myko_django.live.filters import compile_filter
 from myko_django.server import doorbell, hub
+from myko_django.testing import current_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -27,8 +28,7 @@ def slow_poll(settings):
 
 
 def _write_in_another_process(code: str) -> None:
-    db = connection.settings_dict
-    url = f"postgres://postgres@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    url = current_database_url()
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); " + code], check=True, env=env

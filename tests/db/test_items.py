@@ -12,9 +12,8 @@ from myko_django.checks import check_items
 from myko_django.items.errors import ItemError
 from myko_django.items.registry import ItemType, Registry, registry
 from project.demo.models import Target
+from tests.support.data import every_kind
 from tests.testapp.models import Gadget, Owner
-
-pytestmark = [pytest.mark.core]
 
 
 def test_registry_names_plurals_and_wire_fields():
@@ -25,25 +24,6 @@ def test_registry_names_plurals_and_wire_fields():
     assert wire == ["id", "name", "category", "sceneId"]
     with pytest.raises(ItemError, match="Unknown item type: Nope"):
         registry.get("Nope")
-
-
-def every_kind(**fields) -> dict:
-    """Field values of a Gadget that uses every supported field kind (owner "o1")."""
-    return {
-        "id": "g1",
-        "label": "x",
-        "count": 3,
-        "ratio": 1.5,
-        "active": True,
-        "price": decimal.Decimal("12.50"),
-        "seen_at": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-        "day": dt.date(2024, 1, 2),
-        "at": dt.time(3, 4),
-        "token": uuid.uuid4(),
-        "extra": {"a": [1, None]},
-        "owner_id": "o1",
-        **fields,
-    }
 
 
 def test_encode_every_kind():

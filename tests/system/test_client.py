@@ -12,7 +12,6 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from myko_django.client import (
-    Client,
     ClientClosed,
     CommandFailed,
     ConnectionLost,
@@ -20,17 +19,14 @@ from myko_django.client import (
     ReportFailed,
     connect,
 )
+from myko_django.testing import DaphneServer
 from project.demo.models import Target
-from tests.servers import DaphneWorker
+from tests.support.data import target
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 PROTOCOLS = pytest.mark.parametrize("protocol", ["json", "msgpack"])
 TIMEOUT = 15
-
-
-def target(id: str, name: str, category: str | None = None) -> dict:
-    return {"id": id, "name": name, "category": category, "sceneId": None}
 
 
 async def until(sub: Any, predicate: Callable[[Any], bool]) -> Any:
@@ -177,24 +173,6 @@ async def test_event_errors(daphne_server, protocol):
         assert query.items == {} and query.sequence == 0
 
 
-async def test_responses_apply_deletes_then_upserts_and_warn_on_gaps(caplog):
-    query = Client("ws://unused").query("GetAllTargets", "Target")
-
-    def response(sequence: int, upserts: list[dict], deletes: list[str]) -> None:
-        up = [{"item": item, "itemType": "Target"} for item in upserts]
-        query._apply({"tx": query.tx, "sequence": sequence, "upserts": up, "deletes": deletes})
-
-    response(0, [target("a", "A"), target("b", "B")], [])
-    response(1, [target("a", "A2")], ["a"])  # deleted, then upserted again: present
-    assert query.items == {"a": target("a", "A2"), "b": target("b", "B")}
-    assert not caplog.records
-    response(3, [], ["b"])  # a gap: warned, still applied
-    assert query.items == {"a": target("a", "A2")} and query.sequence == 3
-    assert "sequence 3 after 1" in caplog.text
-    response(0, [target("z", "Z")], [])  # a fresh snapshot replaces the state
-    assert query.items == {"z": target("z", "Z")} and await query.ready() == query.items
-
-
 # ---- windows and pings --------------------------------------------------------------------
 
 
@@ -240,7 +218,7 @@ def restartable(transactional_db, tmp_path):
     """A daphne worker the test can stop and start again on the same port."""
     from django.db import connection
 
-    worker = DaphneWorker(tmp_path).start()
+    worker = DaphneServer(tmp_path).start()
     yield worker
     worker.stop()
     print(worker.output()[-5000:])  # shown by pytest when the test failed

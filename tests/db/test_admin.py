@@ -13,7 +13,7 @@ from myko_django.log import read as log_read
 from myko_django.models import Event
 from project.demo.models import Scene, Target
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db]
+pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture

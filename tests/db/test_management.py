@@ -26,7 +26,7 @@ from myko_django.models import Event
 from project.demo.models import Scene, Target
 from tests.testapp.models import Gadget, LegacyRow, Note, Owner, Stamp
 
-pytestmark = [pytest.mark.core, pytest.mark.django_db]
+pytestmark = [pytest.mark.django_db]
 
 UTC = dt.UTC
 

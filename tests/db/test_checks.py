@@ -1,0 +1,423 @@
+"""System checks tagged `myko`: MYKO settings, operation names and the precedence rule, and
+Postgres connections. Each check fires on a mistake and stays quiet on the project's own
+settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from myko_django import checks as myko_checks
+from myko_django import conf
+from myko_django.items import operations
+from myko_django.items.registry import ItemType, registry
+from myko_django.log.commands import CommandError, run_command
+from project.demo.models import Target
+from tests.testapp.models import Gadget, Note
+
+ROOT = Path(__file__).resolve().parents[2]
+MYKO_CHECKS = [
+    myko_checks.check_items,
+    myko_checks.check_settings,
+    myko_checks.check_operations,
+    myko_checks.check_databases,
+]
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return [m.id for m in messages]
+
+
+# ---- the project's own settings are clean ------------------------------------------------
+
+
+def test_every_myko_check_is_registered_with_the_myko_tag():
+    registered = checks.registry.registry.get_checks()
+    for check in MYKO_CHECKS:
+        assert check in registered
+        assert "myko" in check.tags
+
+
+def test_test_settings_pass_every_check_without_a_message():
+    assert checks.run_checks() == []
+    call_command("check", "--fail-level", "INFO")  # raises SystemCheckError otherwise
+
+
+@pytest.mark.parametrize("module", ["project.settings", "tests.settings"])
+def test_manage_py_check_is_clean(module):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": module}
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check", "--fail-level", "INFO"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "System check identified no issues" in out.stdout
+
+
+# ---- MYKO settings -------------------------------------------------------------------------
+
+
+def test_every_setting_has_a_rule_and_every_default_passes_it():
+    assert set(conf.EXPECTED) == set(conf.DEFAULTS)
+    for name, value in conf.DEFAULTS.items():
+        assert conf.problem(name, value) is None, name
+
+
+def test_myko_must_be_a_dict(settings):
+    settings.MYKO = [("POLL_INTERVAL", 1.0)]
+    [error] = myko_checks.check_settings()
+    assert error.id == "myko.E004"
+    assert error.level == checks.ERROR
+    assert error.msg == "settings.MYKO must be a dict, got list."
+    assert "POLL_INTERVAL" in error.hint
+
+
+def test_a_mistyped_key_is_an_error_with_a_did_you_mean(settings):
+    settings.MYKO = {"POLL_INTERVALL": 0.5, "COMMAND_RESULT_TTL": 60}
+    [error] = myko_checks.check_settings()
+    assert error.id == "myko.E005"
+    assert error.msg == "Unknown MYKO setting 'POLL_INTERVALL'."
+    assert error.hint == (
+        "Did you mean 'POLL_INTERVAL'? Known keys: ALLOW_CLIENT_EVENTS, CHANNEL_LAYER, "
+        "COMMAND_RESULT_TTL, MAX_MESSAGE_SIZE, PEER_SERVERS, POLL_INTERVAL."
+    )
+
+
+def test_an_unknown_key_lists_the_known_ones(settings):
+    settings.MYKO = {"FROBNICATE": True, 7: "x"}
+    errors = myko_checks.check_settings()
+    assert ids(errors) == ["myko.E005", "myko.E005"]
+    assert errors[0].hint.startswith("Known keys: ALLOW_CLIENT_EVENTS, ")
+    assert errors[1].msg == "Unknown MYKO setting 7."
+
+
+def test_manage_py_check_fails_on_a_mistyped_key(settings):
+    settings.MYKO = {"MAX_MESAGE_SIZE": 1024}
+    with pytest.raises(SystemCheckError, match=r"myko\.E005.*MAX_MESAGE_SIZE"):
+        call_command("check", "--tag", "myko")
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("POLL_INTERVAL", "1", "a positive number of seconds"),
+        ("POLL_INTERVAL", 0, "a positive number of seconds"),
+        ("POLL_INTERVAL", -1.5, "a positive number of seconds"),
+        ("POLL_INTERVAL", True, "a positive number of seconds"),
+        ("POLL_INTERVAL", float("inf"), "a positive number of seconds"),
+        ("COMMAND_RESULT_TTL", None, "a positive number of seconds"),
+        ("COMMAND_RESULT_TTL", "1d", "a positive number of seconds"),
+        ("COMMAND_RESULT_TTL", 0, "a positive number of seconds"),
+        ("MAX_MESSAGE_SIZE", 1.5, "a positive whole number of bytes"),
+        ("MAX_MESSAGE_SIZE", 0, "a positive whole number of bytes"),
+        ("MAX_MESSAGE_SIZE", "16MB", "a positive whole number of bytes"),
+        ("PEER_SERVERS", {"id": "a"}, 'a list of server dicts, each with a string "id"'),
+        ("PEER_SERVERS", ["ws://a"], 'a list of server dicts, each with a string "id"'),
+        ("PEER_SERVERS", [{"address": "a"}], 'a list of server dicts, each with a string "id"'),
+        ("ALLOW_CLIENT_EVENTS", "yes", "True or False"),
+        ("ALLOW_CLIENT_EVENTS", 1, "True or False"),
+        ("CHANNEL_LAYER", "redis", "the name of a CHANNEL_LAYERS alias (or 'default')"),
+        ("CHANNEL_LAYER", "", "the name of a CHANNEL_LAYERS alias (or 'default')"),
+        ("CHANNEL_LAYER", None, "the name of a CHANNEL_LAYERS alias (or 'default')"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_range_is_an_error(settings, key, value, expected):
+    settings.MYKO = {key: value}
+    [error] = myko_checks.check_settings()
+    assert error.id == "myko.E006"
+    assert error.msg == f"MYKO[{key!r}] must be {expected}, got {value!r} ({type(value).__name__})."
+
+
+def test_the_hints_for_values(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.MYKO = {"CHANNEL_LAYER": "redis", "POLL_INTERVAL": 0, "PEER_SERVERS": [1]}
+    layer, peers, poll = sorted(myko_checks.check_settings(), key=lambda e: e.msg)
+    assert layer.hint == (
+        "Configured CHANNEL_LAYERS aliases: 'default'. Leave the key out to use 'default' "
+        "(one process needs no layer)."
+    )
+    assert poll.hint == "Leave the key out for the default, 1.0."
+    assert peers.hint.startswith('Each entry is a Server item, e.g. {"id": "eu-1"')
+
+
+@pytest.mark.parametrize(
+    "myko",
+    [
+        {},
+        dict(conf.DEFAULTS),
+        {"POLL_INTERVAL": 2, "COMMAND_RESULT_TTL": 0.5, "MAX_MESSAGE_SIZE": 1},
+        {"PEER_SERVERS": ({"id": "eu-1", "address": "eu-1.example.com", "port": 443},)},
+        {"ALLOW_CLIENT_EVENTS": False, "CHANNEL_LAYER": "doorbell"},
+    ],
+)
+def test_good_values_are_quiet(settings, myko):
+    settings.CHANNEL_LAYERS = {"doorbell": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.MYKO = myko
+    assert myko_checks.check_settings() == []
+
+
+def test_the_default_layer_alias_may_be_unconfigured(settings):
+    """One process needs no layer: CHANNEL_LAYER 'default' without CHANNEL_LAYERS is fine."""
+    del settings.CHANNEL_LAYERS
+    settings.MYKO = {"CHANNEL_LAYER": "default"}
+    assert myko_checks.check_settings() == []
+
+
+# ---- operations ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def register() -> Iterator[Callable]:
+    """`register(kind, name, func, **extra)` registers a handler by its decorator for the
+    test; every name registered is unregistered afterwards and the registry is as before."""
+    before = {kind: operations.user_handlers(kind) for kind in operations.KINDS}
+    duplicates = operations.duplicate_registrations()
+    added: list[tuple[str, str]] = []
+
+    def do(kind: str, name: str, func: Callable, **extra) -> Callable:
+        decorator = getattr(operations, kind)
+        added.append((kind, name))
+        return decorator(name, **extra)(func)
+
+    yield do
+    for kind, name in added:
+        operations.unregister(kind, name)
+    assert {kind: operations.user_handlers(kind) for kind in operations.KINDS} == before
+    assert operations.duplicate_registrations() == duplicates
+
+
+def labelled_a(**params):
+    return {"label": "a"}
+
+
+def other_labelled_a(**params):
+    return {"label": "a"}
+
+
+def test_project_operations_are_quiet():
+    assert myko_checks.check_operations() == []
+
+
+def test_two_handlers_of_one_name_are_an_error(register):
+    register("query", "GetTwice", labelled_a, item="Gadget")
+    register("query", "GetTwice", other_labelled_a, item="Gadget")
+    [error] = myko_checks.check_operations()
+    here = f"{__name__}."
+    assert error.id == "myko.E007"
+    assert error.msg == (
+        f"Query 'GetTwice' is registered twice, by {here}labelled_a and by "
+        f"{here}other_labelled_a; only the last one is served."
+    )
+    assert error.obj == f"{here}other_labelled_a"
+    # The rule is the same for commands.
+    register("command", "DoTwice", lambda ctx: None)
+    register("command", "DoTwice", lambda ctx: 1)
+    errors = myko_checks.check_operations()
+    assert ids(errors) == ["myko.E007", "myko.E007"]
+    assert re.fullmatch(
+        rf"Command 'DoTwice' is registered twice, by {here}test_two_handlers_of_one_name_are_"
+        r"an_error\.<locals>\.<lambda> \(line \d+\) and by .*<lambda> \(line \d+\); "
+        "only the last one is served.",
+        errors[1].msg,
+    )
+
+
+def test_registering_the_same_function_again_is_not_a_duplicate(register):
+    """A module imported twice (a reload) registers the same function again: no error."""
+    register("query", "GetOnce", labelled_a, item="Gadget")
+    register("query", "GetOnce", labelled_a, item="Gadget")
+    assert myko_checks.check_operations() == []
+
+
+def test_unregister_brings_the_derived_operation_back(register):
+    register("query", "GetAllGadgets", labelled_a, item="Gadget")
+    assert operations.resolve_query("GetAllGadgets", None, {})[1].key[0] != "all"
+    assert operations.unregister("query", "GetAllGadgets").func is labelled_a
+    assert operations.unregister("query", "GetAllGadgets") is None
+    item_type, flt = operations.resolve_query("GetAllGadgets", None, {})
+    assert (item_type, flt.matches({"id": "x", "label": "b"})) == ("Gadget", True)
+
+
+def test_a_user_query_replaces_the_derived_one(register):
+    calls = []
+
+    def only_a(*, prefix: str = ""):
+        calls.append(prefix)
+        return {"label": "a"}
+
+    register("query", "GetAllGadgets", only_a, item=Gadget)
+    item_type, flt = operations.resolve_query("GetAllGadgets", "Gadget", {"tx": "t"})
+    assert (item_type, calls) == ("Gadget", [""])
+    assert flt.matches({"id": "1", "label": "a"}) and not flt.matches({"id": "2", "label": "b"})
+    [info] = myko_checks.check_operations()
+    assert info.id == "myko.I001"
+    assert info.level == checks.INFO
+    assert info.obj == f"{__name__}.{only_a.__qualname__}"
+    assert info.msg == (
+        "Query 'GetAllGadgets' replaces the derived query of item type Gadget (all items)."
+    )
+    assert info.hint == (
+        "A user operation replaces the derived one of the same name, for queries, reports and "
+        "commands alike. If that is what you meant, silence this with "
+        "SILENCED_SYSTEM_CHECKS = ['myko.I001']."
+    )
+
+
+def test_a_user_report_replaces_the_derived_one(register):
+    register("report", "CountAllGadgets", lambda view: {"count": -1}, depends=["Gadget"])
+    spec = operations.resolve_report("CountAllGadgets", {})
+    assert spec.kind == "custom"
+    assert spec.compute(None) == {"count": -1}
+    [info] = myko_checks.check_operations()
+    assert (
+        info.id,
+        info.msg.endswith("replaces the derived report of item type Gadget (count of all items)."),
+    ) == ("myko.I001", True)
+
+
+def test_a_user_command_replaces_the_derived_one(register):
+    def delete_target(ctx, *, id: str) -> dict:
+        raise ValueError(f"Target {id} is protected")
+
+    register("command", "DeleteTarget", delete_target)
+    assert operations.resolve_command("DeleteTarget").func is delete_target
+    [info] = myko_checks.check_operations()
+    assert info.id == "myko.I001"
+    assert info.msg.endswith("replaces the derived command of item type Target (delete one).")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_replaced_command_is_what_runs(register):
+    target = Target.objects.create(name="keep")
+
+    def delete_target(ctx, *, id: str) -> dict:
+        raise ValueError(f"Target {id} is protected")
+
+    register("command", "DeleteTarget", delete_target)
+    with pytest.raises(CommandError, match="is protected"):
+        run_command("DeleteTarget", {"id": target.pk}, tx="t1")
+    assert Target.objects.filter(pk=target.pk).exists()
+    operations.unregister("command", "DeleteTarget")
+    assert run_command("DeleteTarget", {"id": target.pk}, tx="t2").response == {"deleted": True}
+
+
+def test_a_replacing_query_of_another_item_type_is_an_error(register):
+    register("query", "GetAllGadgets", labelled_a, item=Target)
+    [error] = myko_checks.check_operations()
+    assert error.id == "myko.E008"
+    assert error.msg == (
+        "Query 'GetAllGadgets' replaces the derived query of item type Gadget but returns "
+        "Target items."
+    )
+    assert error.hint == (
+        "Clients of GetAllGadgets expect Gadget items: return those, or give the query "
+        "another name."
+    )
+
+
+def test_derived_names_that_collide_are_an_error(monkeypatch):
+    # An item type named like Gadget's plural: its DeleteGadgets deletes one, Gadget's many.
+    gadgets = ItemType(model=Note, name="Gadgets", plural="GadgetsList")
+    monkeypatch.setitem(registry.by_name, "Gadgets", gadgets)
+    [error] = myko_checks.check_operations()
+    assert error.id == "myko.E009"
+    assert error.msg == (
+        "The derived command 'DeleteGadgets' of item type Gadgets (delete one) has the same "
+        "name as the one of item type Gadget (delete many); only Gadget's is served."
+    )
+    assert error.obj is Note
+    assert "myko_plural" in error.hint
+    # The first registered keeps the name, as the check says.
+    assert operations.resolve_command("DeleteGadgets").params[0].name == "ids"
+
+
+def test_a_plural_equal_to_the_name_collides_with_itself(monkeypatch):
+    monkeypatch.setitem(
+        registry.by_name, "Sheep", ItemType(model=Note, name="Sheep", plural="Sheep")
+    )
+    [error] = myko_checks.check_operations()
+    assert error.id == "myko.E009"
+    assert error.msg.startswith(
+        "The derived command 'DeleteSheep' of item type Sheep (delete many)"
+    )
+
+
+def test_a_user_query_named_like_a_built_in_is_an_error(register):
+    register("query", "GetPeerServers", labelled_a, item="Gadget")
+    [error] = myko_checks.check_operations()
+    assert (error.id, error.obj) == ("myko.E010", f"{__name__}.labelled_a")
+    assert error.msg == (
+        "Query 'GetPeerServers' is never called: the server answers GetPeerServers itself."
+    )
+
+
+def test_an_unknown_item_type_is_an_error(register):
+    register("query", "GetWidgets", labelled_a, item="Widget")
+    register("report", "WidgetCount", lambda view: 0, depends=["Gadget", "Widget", "Gizmo"])
+    query_error, report_error = myko_checks.check_operations()
+    assert (query_error.id, report_error.id) == ("myko.E011", "myko.E011")
+    assert query_error.msg.endswith("names unknown item type Widget.")
+    assert report_error.msg.endswith("names unknown item types Widget, Gizmo.")
+    assert query_error.hint.startswith("Registered item types: ")
+    assert "Gadget" in query_error.hint
+
+
+# ---- databases ---------------------------------------------------------------------------
+
+POSTGRES = "django.db.backends.postgresql"
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": 0},
+        {"ENGINE": POSTGRES, "NAME": "app"},
+        {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": 0, "OPTIONS": {"pool": False}},
+    ],
+)
+def test_postgres_without_kept_or_pooled_connections_is_a_warning(settings, config):
+    settings.DATABASES = {**settings.DATABASES, "app": config}
+    [warning] = myko_checks.check_databases()
+    assert warning.id == "myko.W001"
+    assert warning.level == checks.WARNING
+    assert warning.msg == (
+        "Database 'app' is PostgreSQL with CONN_MAX_AGE = 0 and no connection pool: myko's "
+        "database threads open a new connection for every command (measured: 18 ms per "
+        "command instead of 4 ms)."
+    )
+    assert warning.hint == (
+        'Enable Django\'s connection pool, DATABASES["app"]["OPTIONS"] = {"pool": '
+        '{"min_size": 2, "max_size": 20}} (needs psycopg-pool installed), or set '
+        "CONN_MAX_AGE so connections are kept."
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ENGINE": POSTGRES, "NAME": "app", "OPTIONS": {"pool": True}},
+        {"ENGINE": POSTGRES, "NAME": "app", "OPTIONS": {"pool": {"min_size": 2}}},
+        {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": 60},
+        {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": None},
+        {"ENGINE": "django.db.backends.sqlite3", "NAME": "app.sqlite3"},
+        {"ENGINE": "no.such.backend", "NAME": "app"},
+    ],
+)
+def test_kept_or_pooled_connections_are_quiet(settings, config):
+    settings.DATABASES = {**settings.DATABASES, "app": config}
+    assert myko_checks.check_databases() == []
