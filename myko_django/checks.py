@@ -36,7 +36,7 @@ def check_items(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 checks.Error(
                     f"The default manager of item model {model._meta.label} does not use "
                     "myko's ItemQuerySet, so its bulk writes would bypass the event log.",
-                    hint="Declare `objects = myko_django.managers.ItemManager()` first on the "
+                    hint="Declare `objects = myko_django.ItemManager()` first on the "
                     "model, or build your manager with ItemManager / "
                     "YourManager.from_queryset(ItemQuerySet).",
                     obj=model,
