@@ -2,16 +2,17 @@
 Django, no database, no socket, in well under a second.
 
 The database side is `tests.support.memory` (an in-memory Backend and Hub on the real
-engine and sequencer). What the connection sends is decoded with `myko_django.wire.codecs`
-in the client's format; the core tests run in JSON, MessagePack and CBOR (§9.10). The same
-behaviour over a real database and the ASGI stack is tested in tests/asgi/.
+engine and sequencer). The client is the suite's one WebSocket client,
+`tests.support.wsclient.WsClient`, over its `ConnectionTransport`: it sends and decodes
+frames in its format with json, msgpack and cbor2 directly, not with the package's codecs;
+the core tests run in JSON, MessagePack and CBOR (§9.10). The same behaviour over a real
+database and the ASGI stack is tested in tests/asgi/.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import itertools
 import os
 import subprocess
 import sys
@@ -26,13 +27,9 @@ from myko_django.server.connection import Connection
 from myko_django.wire import codecs
 from myko_django.wire import envelope as ev
 from tests.support.memory import MemoryBackend, MemoryDatabase, MemoryHub, target
+from tests.support.wsclient import ConnectionTransport, WsClient
 
 ROOT = Path(__file__).resolve().parents[2]
-_txs = itertools.count(1)
-
-
-def new_tx(prefix: str = "tx") -> str:
-    return f"{prefix}-{next(_txs)}"
 
 
 def row(item: dict, item_type: str = "Target") -> dict:
@@ -53,114 +50,19 @@ async def settle(turns: int = 40) -> None:
         await asyncio.sleep(0)
 
 
-class Peer:
-    """A client of one Connection: sends frames in its format (text for JSON, binary
-    otherwise) and decodes every frame it gets, which must be in that format."""
+def transport_of(client: WsClient) -> ConnectionTransport:
+    assert isinstance(client.transport, ConnectionTransport), client.transport
+    return client.transport
 
-    def __init__(self, hub: MemoryHub, backend: MemoryBackend, fmt: str, **kw: Any) -> None:
-        self.fmt = fmt
-        self.frames: list[str | bytes] = []
-        self.conn = Connection(hub, backend, self.frames.append, **kw)
 
-    async def send_raw(self, frame: str | bytes) -> None:
-        if isinstance(frame, str):
-            await self.conn.receive_text(frame)
-        else:
-            await self.conn.receive_bytes(frame)
+def conn_of(client: WsClient) -> Connection:
+    """The Connection a client of `connect` drives."""
+    return transport_of(client).conn
 
-    async def send_message(self, message: Any) -> None:
-        await self.send_raw(codecs.encode(message, self.fmt))
 
-    async def send(self, event: str, data: Any) -> None:
-        await self.send_message({"event": event, "data": data})
-
-    def decode(self, frame: str | bytes) -> dict:
-        if self.fmt == codecs.JSON:
-            assert isinstance(frame, str), f"expected a text frame, got {frame!r:.100}"
-            return codecs.decode_text(frame)
-        assert isinstance(frame, bytes), f"expected a binary frame, got {frame!r:.100}"
-        assert codecs.detect_binary(frame) == self.fmt
-        return codecs.decode_binary(frame, self.fmt)
-
-    async def recv(self) -> dict:
-        for _ in range(200):
-            if self.frames:
-                return self.decode(self.frames.pop(0))
-            await asyncio.sleep(0)
-        raise AssertionError("no message came")
-
-    async def expect(self, event: str) -> Any:
-        message = await self.recv()
-        assert message["event"] == event, message
-        return message["data"]
-
-    async def nothing(self) -> None:
-        await settle()
-        assert not self.frames, f"unexpected: {[self.decode(f) for f in self.frames]}"
-
-    async def all(self) -> list[dict]:
-        await settle()
-        out = [self.decode(f) for f in self.frames]
-        self.frames.clear()
-        return out
-
-    # ---- protocol shortcuts ----------------------------------------------------------
-
-    async def query(
-        self,
-        query_id: str,
-        item_type: str | None = "Target",
-        params: dict | None = None,
-        *,
-        tx: str | None = None,
-        window: Any = ...,
-        kind: str = "query",
-    ) -> str:
-        tx = tx or new_tx(kind[0])
-        data: dict[str, Any] = {
-            kind: {**(params or {}), "tx": tx},
-            f"{kind}Id": query_id,
-            f"{kind}ItemType": item_type,
-        }
-        if window is not ...:
-            data["window"] = window
-        await self.send(f"ws:m:{kind}", data)
-        return tx
-
-    async def subscribe(self, query_id: str, item_type: str = "Target", params=None, **kw):
-        """Subscribe; (tx, its sequence-0 response)."""
-        kind = kw.get("kind", "query")
-        tx = await self.query(query_id, item_type, params, **kw)
-        data = await self.expect(f"ws:m:{kind}-response")
-        assert (data["tx"], data["sequence"]) == (tx, 0)
-        return tx, data
-
-    async def report(self, report_id: str, params: dict | None = None, *, tx=None) -> str:
-        tx = tx or new_tx("r")
-        await self.send(
-            "ws:m:report", {"report": {**(params or {}), "tx": tx}, "reportId": report_id}
-        )
-        return tx
-
-    async def command(self, command_id: str, params: dict | None = None, *, tx=None) -> str:
-        tx = tx or new_tx("c")
-        await self.send(
-            "ws:m:command", {"command": {**(params or {}), "tx": tx}, "commandId": command_id}
-        )
-        return tx
-
-    async def event(self, change_type: str, item_type: str, item: Any, **extra: Any) -> None:
-        data = {"changeType": change_type, "itemType": item_type, "item": item, **extra}
-        await self.send("ws:m:event", data)
-
-    async def ping(self, ping_id: str = "p") -> None:
-        """A ping whose echo must be the very next message."""
-        data = {"id": ping_id, "timestamp": 1700000000000}
-        await self.send("ws:m:ping", data)
-        assert await self.recv() == {"event": "ws:m:ping", "data": data}
-
-    async def close(self) -> None:
-        await self.conn.close()
+def frames_of(client: WsClient) -> list[str | bytes]:
+    """The frames its Connection has sent that the client has not received yet."""
+    return transport_of(client).frames
 
 
 @pytest.fixture(params=[codecs.JSON, codecs.MSGPACK, codecs.CBOR])
@@ -187,11 +89,11 @@ def hub(db):
 
 @pytest.fixture
 async def connect(hub, backend):
-    """Open connections (`connect(fmt)`); closed at the end."""
-    opened: list[Peer] = []
+    """Open connections (`connect(fmt, **Connection options)`); closed at the end."""
+    opened: list[WsClient] = []
 
-    def open_one(f: str = codecs.JSON, **kw: Any) -> Peer:
-        peer = Peer(hub, backend, f, **kw)
+    def open_one(f: str = codecs.JSON, **kw: Any) -> WsClient:
+        peer = WsClient(ConnectionTransport(hub, backend, **kw), f)
         opened.append(peer)
         return peer
 
@@ -201,13 +103,13 @@ async def connect(hub, backend):
 
 
 @pytest.fixture
-async def client(connect, fmt) -> Peer:
+async def client(connect, fmt) -> WsClient:
     """A client in each format, for what the format may change."""
     return connect(fmt)
 
 
 @pytest.fixture
-async def peer(connect) -> Peer:
+async def peer(connect) -> WsClient:
     """A JSON client, for what no format changes."""
     return connect(codecs.JSON)
 
@@ -216,7 +118,7 @@ async def peer(connect) -> Peer:
 
 
 async def test_empty_subscribe_gives_exactly_one_empty_snapshot(client):
-    tx = await client.query("GetAllTargets")
+    tx = await client.query("GetAllTargets", "Target")
     assert await client.recv() == {
         "event": "ws:m:query-response",
         "data": {"tx": tx, "sequence": 0, "upserts": [], "deletes": [], "totalCount": 0},
@@ -226,7 +128,7 @@ async def test_empty_subscribe_gives_exactly_one_empty_snapshot(client):
 
 async def test_snapshot_then_diffs(client, db):
     db.set("Target", target("a", "na"), target("b", "nb"))
-    tx, first = await client.subscribe("GetAllTargets")
+    tx, first = await client.subscribe("GetAllTargets", "Target")
     assert ids_of(first) == {"a": target("a", "na"), "b": target("b", "nb")}
     assert first["deletes"] == [] and first["totalCount"] == 2
 
@@ -253,7 +155,7 @@ async def test_snapshot_then_diffs(client, db):
 
 async def test_identical_set_del_of_missing_id_and_changes_elsewhere_send_nothing(peer, db):
     db.set("Target", target("a", "na", "x"))
-    await peer.subscribe("GetTargetsByQuery", params={"category": "x"})
+    await peer.subscribe("GetTargetsByQuery", "Target", params={"category": "x"})
     db.set("Target", target("a", "na", "x"))  # same item again
     await peer.event("DEL", "Target", {"id": "missing"})
     db.set("Target", target("b", "nb", "y"))  # outside the query
@@ -262,7 +164,7 @@ async def test_identical_set_del_of_missing_id_and_changes_elsewhere_send_nothin
 
 
 async def test_one_commit_is_one_message_per_subscription(client):
-    tx, _ = await client.subscribe("GetAllTargets")
+    tx, _ = await client.subscribe("GetAllTargets", "Target")
     ctx = await client.command("CreateTargets", {"ids": ["a", "b", "c"]})
     update = await client.expect("ws:m:query-response")
     assert (update["tx"], update["sequence"], set(ids_of(update))) == (tx, 1, {"a", "b", "c"})
@@ -277,7 +179,7 @@ async def test_derived_queries_by_ids_and_by_query(peer, db):
         target("c", "gamma", "y"),
         target("d", "delta", None),
     )
-    _, by_ids = await peer.subscribe("GetTargetsByIds", params={"ids": ["a", "c", "zz"]})
+    _, by_ids = await peer.subscribe("GetTargetsByIds", "Target", params={"ids": ["a", "c", "zz"]})
     assert set(ids_of(by_ids)) == {"a", "c"} and by_ids["totalCount"] == 2
     cases = [
         ({"category": "x"}, {"a", "b"}),
@@ -292,11 +194,11 @@ async def test_derived_queries_by_ids_and_by_query(peer, db):
         ({"category": {"kind": "eq", "value": "x"}, "id": "b"}, {"b"}),
     ]
     for params, expected in cases:
-        _, data = await peer.subscribe("GetTargetsByQuery", params=params)
+        _, data = await peer.subscribe("GetTargetsByQuery", "Target", params=params)
         assert set(ids_of(data)) == expected, params
         assert data["totalCount"] == len(expected)
     # A live by-ids query sees an id it names appear later.
-    tx, _ = await peer.subscribe("GetTargetsByIds", params={"ids": ["later"]})
+    tx, _ = await peer.subscribe("GetTargetsByIds", "Target", params={"ids": ["later"]})
     db.set("Target", target("later"))
     data = await peer.expect("ws:m:query-response")
     assert (data["tx"], set(ids_of(data))) == (tx, {"later"})
@@ -316,14 +218,14 @@ async def test_query_errors(client):
         assert set(data) == {"tx", "queryId", "message"}
         assert (data["tx"], data["queryId"]) == (tx, query_id)
         assert message in data["message"], data
-    tx = await client.query("GetAllTargets", window={"offset": -1, "limit": 2})
+    tx = await client.query("GetAllTargets", "Target", window={"offset": -1, "limit": 2})
     data = await client.expect("ws:m:query-error")
     assert (data["tx"], data["queryId"]) == (tx, "GetAllTargets") and "offset" in data["message"]
     # The upstream client cancels after a query-error: no reply. The tx is free again.
     await client.send("ws:m:query-cancel", {"tx": tx})
     await client.nothing()
-    await client.subscribe("GetAllTargets", tx=tx)
-    assert client.conn.bad_frames == 0
+    await client.subscribe("GetAllTargets", "Target", tx=tx)
+    assert conn_of(client).bad_frames == 0
 
 
 async def test_queryitemtype_may_be_absent(peer):
@@ -334,9 +236,9 @@ async def test_queryitemtype_may_be_absent(peer):
 
 
 async def test_duplicate_subscribe_with_an_active_tx_is_ignored(client, db):
-    tx, _ = await client.subscribe("GetAllTargets")
-    await client.query("GetAllTargets", tx=tx)
-    await client.query("GetTargetsByQuery", params={"seq": 0, "category": "x"}, tx=tx)
+    tx, _ = await client.subscribe("GetAllTargets", "Target")
+    await client.query("GetAllTargets", "Target", tx=tx)
+    await client.query("GetTargetsByQuery", "Target", params={"seq": 0, "category": "x"}, tx=tx)
     await client.nothing()
     db.set("Target", target("a"))
     data = await client.expect("ws:m:query-response")
@@ -346,15 +248,15 @@ async def test_duplicate_subscribe_with_an_active_tx_is_ignored(client, db):
 async def test_back_to_back_duplicates_on_a_cold_store_answer_once(peer, hub):
     """The upstream peer sends a subscription made before the socket opened twice
     (the second with seq: 0), before the store has loaded."""
-    tx = await peer.query("GetAllTargets")
-    await peer.query("GetAllTargets", params={"seq": 0}, tx=tx)
-    assert len(await peer.all()) == 1
+    tx = await peer.query("GetAllTargets", "Target")
+    await peer.query("GetAllTargets", "Target", params={"seq": 0}, tx=tx)
+    assert len(await peer.drain()) == 1
     assert hub.loads == ["Target"]
 
 
 async def test_cancel_then_set_sends_nothing_and_any_cancel_cancels_the_tx(peer, db, hub):
-    q, _ = await peer.subscribe("GetAllTargets")
-    v, _ = await peer.subscribe("GetAllTargets", kind="view")
+    q, _ = await peer.subscribe("GetAllTargets", "Target")
+    v, _ = await peer.subscribe("GetAllTargets", "Target", event="ws:m:view")
     r = await peer.report("CountAllTargets")
     await peer.expect("ws:m:report-response")
     await peer.send("ws:m:query-cancel", {"tx": q})
@@ -371,12 +273,12 @@ async def test_cancel_and_window_of_unknown_tx_send_nothing(peer):
     for event in ("ws:m:query-window", "ws:m:view-window"):
         await peer.send(event, {"tx": "unknown", "window": {"offset": 0, "limit": 1}})
     await peer.nothing()
-    assert peer.conn.bad_frames == 0
+    assert conn_of(peer).bad_frames == 0
 
 
 async def test_cancel_while_the_store_loads(peer, hub, db):
     hub.load_gate = asyncio.Event()
-    tx = await peer.query("GetAllTargets")
+    tx = await peer.query("GetAllTargets", "Target")
     await peer.send("ws:m:query-cancel", {"tx": tx})
     hub.load_gate.set()
     await peer.nothing()
@@ -391,7 +293,7 @@ async def test_cancel_while_the_store_loads(peer, hub, db):
 async def test_windowed_subscribe_and_moving_the_window(client, db):
     db.set("Target", *(target(i, f"n{i}") for i in ("1", "10", "2", "3", "9")))
     w1 = {"offset": 0, "limit": 2}
-    tx, first = await client.subscribe("GetAllTargets", window=w1)
+    tx, first = await client.subscribe("GetAllTargets", "Target", window=w1)
     assert sorted(ids_of(first)) == ["1", "10"]  # code-point order: "10" < "2" < "9"
     assert first["deletes"] == [] and first["totalCount"] == 5 and first["window"] == w1
     assert first["changes"] == window_order(["1", "10"], 5, w1)
@@ -436,10 +338,10 @@ async def test_windowed_subscribe_and_moving_the_window(client, db):
 async def test_window_past_the_end_and_window_added_later(peer, db):
     db.set("Target", target("a"), target("b"), target("c"))
     w = {"offset": 5, "limit": 10}
-    _, data = await peer.subscribe("GetAllTargets", window=w)
+    _, data = await peer.subscribe("GetAllTargets", "Target", window=w)
     assert data["upserts"] == [] and data["totalCount"] == 3
     assert data["changes"] == window_order([], 3, w)
-    plain, _ = await peer.subscribe("GetAllTargets")
+    plain, _ = await peer.subscribe("GetAllTargets", "Target")
     w2 = {"offset": 1, "limit": 1}
     await peer.send("ws:m:query-window", {"tx": plain, "window": w2})
     data = await peer.expect("ws:m:query-response")
@@ -449,7 +351,7 @@ async def test_window_past_the_end_and_window_added_later(peer, db):
 
 
 async def test_bad_window_update_is_an_error_and_leaves_the_subscription(peer, db):
-    tx, _ = await peer.subscribe("GetAllTargets", window={"offset": 0, "limit": 1})
+    tx, _ = await peer.subscribe("GetAllTargets", "Target", window={"offset": 0, "limit": 1})
     await peer.send("ws:m:query-window", {"tx": tx, "window": {"offset": "x", "limit": 1}})
     data = await peer.expect("ws:m:query-error")
     assert (data["tx"], data["queryId"]) == (tx, "GetAllTargets")
@@ -462,7 +364,7 @@ async def test_window_update_while_the_store_loads_applies_to_the_snapshot(peer,
     db.set("Target", target("a"), target("b"))
     hub.load_gate = asyncio.Event()
     w = {"offset": 1, "limit": 1}
-    tx = await peer.query("GetAllTargets")
+    tx = await peer.query("GetAllTargets", "Target")
     await peer.send("ws:m:query-window", {"tx": tx, "window": w})
     await peer.nothing()
     hub.load_gate.set()
@@ -475,11 +377,11 @@ async def test_bad_window_while_the_store_loads_leaves_the_subscription(connect,
     client = connect(codecs.JSON)
     hub.load_gate = asyncio.Event()
     w = {"offset": 0, "limit": 5}
-    tx = await client.query("GetAllTargets", window=w)
+    tx = await client.query("GetAllTargets", "Target", window=w)
     await client.send("ws:m:query-window", {"tx": tx, "window": {"offset": -1, "limit": 1}})
     hub.load_gate.set()
     # As on a loaded store: an error for the bad window, and the subscription goes on.
-    events = sorted(m["event"] for m in await client.all())
+    events = sorted(m["event"] for m in await client.drain())
     assert events == ["ws:m:query-error", "ws:m:query-response"]
     db.set("Target", target("a"))
     data = await client.expect("ws:m:query-response")
@@ -488,21 +390,21 @@ async def test_bad_window_while_the_store_loads_leaves_the_subscription(connect,
 
 async def test_cancelling_a_by_ids_query_next_to_an_empty_one(connect, hub):
     client = connect(codecs.JSON)
-    a, _ = await client.subscribe("GetTargetsByIds", params={"ids": ["a"]})
-    empty, _ = await client.subscribe("GetTargetsByIds", params={"ids": []})
+    a, _ = await client.subscribe("GetTargetsByIds", "Target", params={"ids": ["a"]})
+    empty, _ = await client.subscribe("GetTargetsByIds", "Target", params={"ids": []})
     await client.send("ws:m:query-cancel", {"tx": a})
     await client.send("ws:m:query-cancel", {"tx": empty})  # KeyError, counted as bad
-    assert client.conn.bad_frames == 0
+    assert conn_of(client).bad_frames == 0
     assert hub.engine.stats()["live_results"] == 0  # the empty result leaked
 
 
 async def test_closing_after_a_by_ids_query_and_an_empty_one(connect, hub):
     c = connect()
-    await c.subscribe("GetTargetsByIds", params={"ids": ["a"]})
-    await c.subscribe("GetTargetsByQuery", params={"id": {"kind": "in", "value": []}})
-    await c.subscribe("GetAllTargets")
+    await c.subscribe("GetTargetsByIds", "Target", params={"ids": ["a"]})
+    await c.subscribe("GetTargetsByQuery", "Target", params={"id": {"kind": "in", "value": []}})
+    await c.subscribe("GetAllTargets", "Target")
     try:
-        await c.conn.close()
+        await conn_of(c).close()
         raised = None
     except KeyError as exc:  # the worker is not stopped, GetAllTargets stays subscribed
         raised = exc
@@ -514,7 +416,7 @@ async def test_closing_after_a_by_ids_query_and_an_empty_one(connect, hub):
 
 async def test_views_mirror_queries(client, db):
     db.set("Target", target("a"), target("b"))
-    tx, first = await client.subscribe("GetAllTargets", kind="view")
+    tx, first = await client.subscribe("GetAllTargets", "Target", event="ws:m:view")
     assert set(ids_of(first)) == {"a", "b"}
     db.set("Target", target("c"))
     data = await client.expect("ws:m:view-response")
@@ -523,12 +425,12 @@ async def test_views_mirror_queries(client, db):
     await client.send("ws:m:view-window", {"tx": tx, "window": w})
     data = await client.expect("ws:m:view-response")
     assert data["sequence"] == 2 and data["changes"] == window_order(["a"], 3, w)
-    await client.query("GetAllTargets", kind="view", tx=tx)  # duplicate: ignored
+    await client.query("GetAllTargets", "Target", event="ws:m:view", tx=tx)  # duplicate: ignored
     await client.send("ws:m:view-cancel", {"tx": tx})
     db.set("Target", target("0"))
     await client.nothing()
 
-    bad = await client.query("Nope", kind="view")
+    bad = await client.query("Nope", "Target", event="ws:m:view")
     assert await client.expect("ws:m:view-error") == {
         "tx": bad,
         "viewId": "Nope",
@@ -539,7 +441,9 @@ async def test_views_mirror_queries(client, db):
 
 
 async def test_view_window_error_names_the_view(peer):
-    tx, _ = await peer.subscribe("GetAllTargets", kind="view", window={"offset": 0, "limit": 1})
+    tx, _ = await peer.subscribe(
+        "GetAllTargets", "Target", event="ws:m:view", window={"offset": 0, "limit": 1}
+    )
     await peer.send("ws:m:view-window", {"tx": tx, "window": {"offset": 0, "limit": "x"}})
     data = await peer.expect("ws:m:view-error")
     assert (data["tx"], data["viewId"]) == (tx, "GetAllTargets") and "limit" in data["message"]
@@ -573,10 +477,10 @@ async def test_count_with_params_by_id_and_user_reports(client, db):
     assert await client.expect("ws:m:report-response") == {"response": ["na", "nb"], "tx": names}
 
     db.set("Target", target("c", "nc", "x"))
-    got = {d["tx"]: d["response"] for d in [m["data"] for m in await client.all()]}
+    got = {d["tx"]: d["response"] for d in [m["data"] for m in await client.drain()]}
     assert got == {count: {"count": 2}, by_id: target("c", "nc", "x"), names: ["na", "nb", "nc"]}
     db.delete("Target", "c")
-    got = {d["tx"]: d["response"] for d in [m["data"] for m in await client.all()]}
+    got = {d["tx"]: d["response"] for d in [m["data"] for m in await client.drain()]}
     assert got == {count: {"count": 1}, by_id: None, names: ["na", "nb"]}
 
 
@@ -629,7 +533,7 @@ async def test_command_success_shapes(client, db):
 
 
 async def test_command_errors_and_rollback(client, db):
-    tx_sub, _ = await client.subscribe("GetAllTargets")
+    tx_sub, _ = await client.subscribe("GetAllTargets", "Target")
     cases = [
         ("Nope", {}, "Command handler not found: Nope"),
         ("DeleteTarget", {"id": "missing"}, "Target not found: missing"),
@@ -665,13 +569,15 @@ async def test_command_response_comes_after_the_updates_it_caused(client, connec
     so the updates can only come from the connection's catch_up before the response."""
     db.set("Target", target("z"))
     other = connect()
-    other_tx, _ = await other.subscribe("GetAllTargets")
-    q, _ = await client.subscribe("GetAllTargets")
-    v, _ = await client.subscribe("GetTargetsByQuery", params={"category": "c"}, kind="view")
+    other_tx, _ = await other.subscribe("GetAllTargets", "Target")
+    q, _ = await client.subscribe("GetAllTargets", "Target")
+    v, _ = await client.subscribe(
+        "GetTargetsByQuery", "Target", params={"category": "c"}, event="ws:m:view"
+    )
     r1 = await client.report("CountAllTargets")
     r2 = await client.report("GetTargetById", {"id": "a"})
     r3 = await client.report("TargetNames")
-    assert len(await client.all()) == 3
+    assert len(await client.drain()) == 3
     hub.push = push
     tx = await client.command("CreateTargets", {"ids": ["a", "b"], "category": "c"})
     seen: dict[str, list] = {}
@@ -697,7 +603,7 @@ async def test_command_response_comes_after_the_updates_it_caused(client, connec
 
 async def test_command_response_waits_for_a_snapshot_still_loading(peer, hub):
     hub.load_gate = asyncio.Event()
-    q = await peer.query("GetAllTargets")
+    q = await peer.query("GetAllTargets", "Target")
     tx = await peer.command("CreateTargets", {"ids": ["a"]})
     await peer.nothing()  # the store still loads: no response yet
     hub.load_gate.set()
@@ -708,7 +614,7 @@ async def test_command_response_waits_for_a_snapshot_still_loading(peer, hub):
 
 
 async def test_commands_run_in_order_while_pings_and_cancels_are_not_held_up(peer, backend, db):
-    q, _ = await peer.subscribe("GetAllTargets")
+    q, _ = await peer.subscribe("GetAllTargets", "Target")
     backend.command_gate = asyncio.Event()
     first = await peer.command("CreateTargets", {"ids": ["a"]})
     second = await peer.command("RenameTarget", {"id": "a", "name": "renamed"})
@@ -728,7 +634,7 @@ async def test_a_command_result_json_cannot_carry_is_a_command_error(connect):
     json_client = connect(codecs.JSON)
     await json_client.command("Echo")
     await json_client.expect("ws:m:command-response")
-    json_client.conn.backend = _NaNBackend(json_client.conn.backend)
+    conn_of(json_client).backend = _NaNBackend(conn_of(json_client).backend)
     tx = await json_client.command("Echo")
     data = await json_client.expect("ws:m:command-error")
     assert (data["tx"], data["commandId"]) == (tx, "Echo")
@@ -755,7 +661,7 @@ class _NaNBackend:
 
 async def test_client_events_reach_every_subscriber(client, connect, db):
     other = connect(codecs.MSGPACK)
-    tx_other, _ = await other.subscribe("GetAllTargets")
+    tx_other, _ = await other.subscribe("GetAllTargets", "Target")
     await client.event(
         "SET",
         "Target",
@@ -772,7 +678,7 @@ async def test_client_events_reach_every_subscriber(client, connect, db):
 
 
 async def test_rejected_events_get_event_errors_and_valid_ones_commit(client, db):
-    tx, _ = await client.subscribe("GetAllTargets")
+    tx, _ = await client.subscribe("GetAllTargets", "Target")
     batch = [
         {"changeType": "SET", "itemType": "Target", "item": {"id": "a", "name": "na"}},
         {"changeType": "SET", "itemType": "Nope", "item": {"id": "x"}, "tx": "bad-type"},
@@ -783,7 +689,7 @@ async def test_rejected_events_get_event_errors_and_valid_ones_commit(client, db
         "not an event",
     ]
     await client.send("ws:m:event-batch", batch)
-    messages = await client.all()
+    messages = await client.drain()
     errors = [m["data"] for m in messages if m["event"] == "ws:m:event-error"]
     assert [(e["tx"], e["itemType"]) for e in errors] == [
         ("bad-type", "Nope"),
@@ -833,7 +739,7 @@ async def test_ping_echoed_unchanged_and_benchmark_unanswered(client):
     await client.send("ws:m:benchmark", {"payload": "x" * 100})
     await client.send("ws:m:benchmark", [1, 2, 3])
     await client.nothing()
-    assert client.conn.benchmarks == 2 and client.conn.bad_frames == 0
+    assert conn_of(client).benchmarks == 2 and conn_of(client).bad_frames == 0
 
 
 # ---- §1 formats ---------------------------------------------------------------------------
@@ -866,16 +772,16 @@ def _cbor_map16(message: dict) -> bytes:
 )
 async def test_first_binary_frame_fixes_the_format_by_its_first_byte(connect, frame, fmt_after):
     c = connect(codecs.JSON)
-    tx, _ = await c.subscribe("GetAllTargets")  # text in, text out
+    tx, _ = await c.subscribe("GetAllTargets", "Target")  # text in, text out
     await c.send_raw(frame)
     c.fmt = fmt_after  # the echo and everything after come in the binary format
     assert await c.recv() == PING
     await c.send_raw('{"event":"ws:m:ping","data":{"id":"t","timestamp":3}}')  # text still read
     assert await c.recv() == {"event": "ws:m:ping", "data": {"id": "t", "timestamp": 3}}
-    c.conn.hub.db.set("Target", target("a"))
+    conn_of(c).hub.db.set("Target", target("a"))
     data = await c.expect("ws:m:query-response")
     assert (data["tx"], data["sequence"]) == (tx, 1)
-    assert (c.conn.fmt, c.conn.binary_fmt) == (fmt_after, fmt_after)
+    assert (conn_of(c).fmt, conn_of(c).binary_fmt) == (fmt_after, fmt_after)
 
 
 async def test_undecodable_binary_frames_do_not_fix_the_format(connect):
@@ -885,23 +791,23 @@ async def test_undecodable_binary_frames_do_not_fix_the_format(connect):
     await c.send_raw(msgpack.packb(PING)[:5])  # a MessagePack map, cut short
     await c.send_raw(cbor2.dumps(PING)[:5])  # a CBOR map, cut short
     await c.nothing()
-    assert c.conn.bad_frames == 4 and c.conn.binary_fmt is None
+    assert conn_of(c).bad_frames == 4 and conn_of(c).binary_fmt is None
     await c.ping()  # still JSON
     await c.send_raw(cbor2.dumps(PING))  # the first that decodes: CBOR
     c.fmt = codecs.CBOR
     assert await c.recv() == PING
     await c.send_raw(msgpack.packb(PING))  # read as CBOR now: not a message
     await c.nothing()
-    assert c.conn.bad_frames == 5 and c.conn.binary_fmt == codecs.CBOR
+    assert conn_of(c).bad_frames == 5 and conn_of(c).binary_fmt == codecs.CBOR
     await c.ping()
 
 
 async def test_switch_text_replies_in_json_then_switches_to_msgpack(connect, db):
     c = connect(codecs.JSON)
-    tx, _ = await c.subscribe("GetAllTargets")
+    tx, _ = await c.subscribe("GetAllTargets", "Target")
     await c.send_raw("myko:switch-to-msgpack")
-    assert c.frames == ['{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}']
-    c.frames.clear()
+    assert frames_of(c) == ['{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}']
+    frames_of(c).clear()
     c.fmt = codecs.MSGPACK
     await c.send_raw(codecs.encode({"event": "ws:m:ping", "data": {"id": 1}}, codecs.JSON))
     assert await c.recv() == {"event": "ws:m:ping", "data": {"id": 1}}  # text in, binary out
@@ -910,18 +816,18 @@ async def test_switch_text_replies_in_json_then_switches_to_msgpack(connect, db)
     db.set("Target", target("a"))
     assert (await c.expect("ws:m:query-response"))["sequence"] == 1
     await c.send_raw("myko:switch-to-msgpack")  # again: the reply is a JSON text frame again
-    assert c.frames == ['{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}']
-    c.frames.clear()
+    assert frames_of(c) == ['{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}']
+    frames_of(c).clear()
     await c.ping()
-    assert c.conn.bad_frames == 0
+    assert conn_of(c).bad_frames == 0
 
 
 async def test_switch_text_on_a_binary_connection_replies_in_text(connect):
     c = connect(codecs.MSGPACK)
     await c.ping()
     await c.send_raw("myko:switch-to-msgpack")
-    assert c.frames == [ev.SWITCH_REPLY]
-    c.frames.clear()
+    assert frames_of(c) == [ev.SWITCH_REPLY]
+    frames_of(c).clear()
     await c.ping()
 
 
@@ -930,7 +836,7 @@ async def test_json_and_binary_twins_decode_to_equal_messages(connect, db):
     results = []
     for f in (codecs.JSON, codecs.MSGPACK, codecs.CBOR):
         c = connect(f)
-        tx, data = await c.subscribe("GetAllTargets", tx="same")
+        tx, data = await c.subscribe("GetAllTargets", "Target", tx="same")
         results.append(sorted(data["upserts"], key=lambda u: u["item"]["id"]))
     assert results[0] == results[1] == results[2]
 
@@ -967,7 +873,7 @@ def _bad_messages() -> list[Any]:
 
 
 async def test_bad_messages_are_counted_unanswered_and_harmless(client, db):
-    tx, _ = await client.subscribe("GetAllTargets")
+    tx, _ = await client.subscribe("GetAllTargets", "Target")
     await client.ping()
     raw: list[Any] = ["{not json", "", '{"event": "ws:m:ping"'] + (
         [b"\xc1\xff\x00garbage"] if client.fmt != codecs.JSON else []
@@ -978,7 +884,7 @@ async def test_bad_messages_are_counted_unanswered_and_harmless(client, db):
     for message in messages:
         await client.send_message(message)
     await client.nothing()
-    assert client.conn.bad_frames == len(raw) + len(messages)
+    assert conn_of(client).bad_frames == len(raw) + len(messages)
     # The connection and its subscription keep working.
     await client.ping()
     db.set("Target", target("a"))
@@ -992,16 +898,16 @@ async def test_lone_surrogate_escape_is_a_bad_frame(connect):
     c = connect(codecs.JSON)
     await c.send_raw('{"event":"ws:m:ping","data":{"id":"\\ud800"}}')
     await c.nothing()
-    assert c.conn.bad_frames == 1
+    assert conn_of(c).bad_frames == 1
     await c.ping()
 
 
 async def test_a_message_that_breaks_something_costs_only_that_message(connect, backend):
     c = connect(codecs.JSON)
     backend.resolve_query = _raise  # something unforeseen in the backend
-    await c.query("GetAllTargets")
+    await c.query("GetAllTargets", "Target")
     await c.nothing()
-    assert c.conn.bad_frames == 1
+    assert conn_of(c).bad_frames == 1
     await c.ping()
     backend.resolve_report = _raise  # a report that fails this way is answered
     tx = await c.report("CountAllTargets")
@@ -1063,8 +969,8 @@ async def test_get_connected_server_and_peer_servers(connect, backend, fmt):
 async def test_close_drops_subscriptions_and_a_running_command_still_commits(
     client, hub, backend, db
 ):
-    await client.subscribe("GetAllTargets")
-    await client.subscribe("GetAllTargets", kind="view")
+    await client.subscribe("GetAllTargets", "Target")
+    await client.subscribe("GetAllTargets", "Target", event="ws:m:view")
     await client.report("CountAllTargets")
     await client.expect("ws:m:report-response")
     hub.load_gate = asyncio.Event()
@@ -1073,14 +979,14 @@ async def test_close_drops_subscriptions_and_a_running_command_still_commits(
     await client.command("CreateTargets", {"ids": ["a"]})
     await settle()
     await client.close()
-    assert hub.engine.stats()["subscriptions"] == 0 and client.conn not in hub.sinks
+    assert hub.engine.stats()["subscriptions"] == 0 and conn_of(client) not in hub.sinks
     backend.command_gate.set()
     hub.load_gate.set()
     await settle()
     assert set(db.tables["Target"]) == {"a"}  # the running command finished
     db.set("Scene", {"id": "s", "name": "s"})
     await settle()
-    assert client.frames == []  # nothing after close
+    assert frames_of(client) == []  # nothing after close
     assert hub.engine.stats()["subscriptions"] == 0
 
 
