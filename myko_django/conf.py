@@ -22,6 +22,28 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     # A hub that hears nothing for this long reads the log itself (seconds).
     "POLL_INTERVAL": 1.0,
+    # Who a connection is: tried in order, the first that knows the user wins (dotted paths).
+    "AUTHENTICATORS": [
+        "myko_django.auth.SessionAuthenticator",
+        "myko_django.auth.TokenAuthenticator",
+    ],
+    # How long an issued access token is valid (seconds).
+    "TOKEN_MAX_AGE": 7 * 24 * 3600,
+    # How often open connections' users are checked again: logged out, deactivated,
+    # expired or with changed permissions (seconds).
+    "AUTH_RECHECK_INTERVAL": 0.5,
+    # Who may do what: the permission class of every item type and operation without one.
+    "DEFAULT_PERMISSION": "myko_django.permissions.DjangoModelPermissions",
+    # Item type name -> permission class (dotted path or class), overriding the default.
+    "PERMISSIONS": {},
+    # Per connection: open subscriptions, commands waiting or running, incoming messages
+    # per second (sustained; bursts up to the same number), items in one event batch, ids
+    # in one request.
+    "MAX_SUBSCRIPTIONS": 10_000,
+    "MAX_COMMANDS_IN_FLIGHT": 1_000,
+    "MAX_MESSAGES_PER_SECOND": 5_000,
+    "MAX_BATCH_ITEMS": 10_000,
+    "MAX_IDS": 10_000,
 }
 
 
@@ -61,6 +83,20 @@ def _layer_alias(value: Any) -> bool:
     return value == DEFAULT_CHANNEL_LAYER or value in getattr(settings, "CHANNEL_LAYERS", {})
 
 
+def _dotted_paths(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(_class_or_path(v) for v in value)
+
+
+def _class_or_path(value: Any) -> bool:
+    return isinstance(value, type) or (isinstance(value, str) and "." in value)
+
+
+def _permissions_by_type(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and _class_or_path(v) for k, v in value.items()
+    )
+
+
 EXPECTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ALLOW_CLIENT_EVENTS": (lambda v: isinstance(v, bool), "True or False"),
     "COMMAND_RESULT_TTL": (_positive_number, "a positive number of seconds"),
@@ -71,6 +107,19 @@ EXPECTED: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"the name of a CHANNEL_LAYERS alias (or {DEFAULT_CHANNEL_LAYER!r})",
     ),
     "POLL_INTERVAL": (_positive_number, "a positive number of seconds"),
+    "AUTHENTICATORS": (_dotted_paths, "a list of dotted paths to authenticator classes"),
+    "TOKEN_MAX_AGE": (_positive_number, "a positive number of seconds"),
+    "AUTH_RECHECK_INTERVAL": (_positive_number, "a positive number of seconds"),
+    "DEFAULT_PERMISSION": (_class_or_path, "a permission class or its dotted path"),
+    "PERMISSIONS": (
+        _permissions_by_type,
+        "a dict of item type name -> permission class or dotted path",
+    ),
+    "MAX_SUBSCRIPTIONS": (_positive_int, "a positive whole number"),
+    "MAX_COMMANDS_IN_FLIGHT": (_positive_int, "a positive whole number"),
+    "MAX_MESSAGES_PER_SECOND": (_positive_int, "a positive whole number"),
+    "MAX_BATCH_ITEMS": (_positive_int, "a positive whole number"),
+    "MAX_IDS": (_positive_int, "a positive whole number"),
 }
 
 

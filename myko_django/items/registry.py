@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,14 +81,29 @@ class ItemType:
     plural: str
     codecs: list[FieldCodec] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    # Its permission class (see items/permissions.py); None: the settings decide.
+    permission: Any = None
+    # user -> the filter (as GetXsByQuery takes) of the rows that user may see; None: all.
+    visible_to: Callable[[Any], dict | None] | None = None
 
     @classmethod
     def for_model(
-        cls, model: type[models.Model], name: str | None = None, plural: str | None = None
+        cls,
+        model: type[models.Model],
+        name: str | None = None,
+        plural: str | None = None,
+        permission: Any = None,
+        visible_to: Callable[[Any], dict | None] | None = None,
     ) -> ItemType:
         name = name or getattr(model, "myko_name", None) or model.__name__
         plural = plural or getattr(model, "myko_plural", None) or name + "s"
-        item_type = cls(model=model, name=name, plural=plural)
+        item_type = cls(
+            model=model,
+            name=name,
+            plural=plural,
+            permission=permission or getattr(model, "myko_permission", None),
+            visible_to=visible_to or getattr(model, "myko_visible_to", None),
+        )
         for f in model._meta.get_fields():
             if f.many_to_many and not f.auto_created:
                 item_type.unsupported.append(f"{f.name} (many-to-many)")
@@ -264,20 +279,33 @@ registry = Registry()
 
 # Models registered explicitly with `register()`; the registry is built from these and from
 # subclasses of `Item` when Django is ready.
-_explicit: dict[type[models.Model], dict[str, str | None]] = {}
+_explicit: dict[type[models.Model], dict[str, Any]] = {}
 
 
 def register(
-    model: type[models.Model] | None = None, *, name: str | None = None, plural: str | None = None
+    model: type[models.Model] | None = None,
+    *,
+    name: str | None = None,
+    plural: str | None = None,
+    permission: Any = None,
+    visible_to: Callable[[Any], dict | None] | None = None,
 ):
-    """Make an existing model an item without changing its table. Usable as a decorator."""
+    """Make an existing model an item without changing its table. Usable as a decorator.
+
+    `permission`: its permission class (see myko_django.permissions); `visible_to(user)`:
+    the filter of the rows that user may see (None: all), as `myko_visible_to` on an Item."""
 
     def do(m: type[models.Model]) -> type[models.Model]:
-        _explicit[m] = {"name": name, "plural": plural}
+        _explicit[m] = {
+            "name": name,
+            "plural": plural,
+            "permission": permission,
+            "visible_to": visible_to,
+        }
         return m
 
     return do(model) if model is not None else do
 
 
-def explicit_registrations() -> dict[type[models.Model], dict[str, str | None]]:
+def explicit_registrations() -> dict[type[models.Model], dict[str, Any]]:
     return dict(_explicit)

@@ -581,6 +581,22 @@ class Engine:
             if not group.subs:
                 self._drop_report_group(group)
 
+    def subscription_key(self, conn: Hashable, tx: str) -> Hashable | None:
+        """What a subscription watches: its live result's filter key (a query) or its
+        report's key; None when (conn, tx) has no subscription."""
+        sub = self._subs.get((conn, tx))
+        if isinstance(sub, _QuerySubscription):
+            return sub.live.flt.key
+        return None if sub is None else sub.group.spec.key
+
+    def query_window(self, conn: Hashable, tx: str) -> dict | None:
+        """A query subscription's window as the client gave it (None: no window)."""
+        sub = self._subs.get((conn, tx))
+        if isinstance(sub, _QuerySubscription) and sub.window is not None:
+            offset, limit = sub.window
+            return {"offset": offset, "limit": limit}
+        return None
+
     def drop_connection(self, conn: Hashable) -> None:
         """Remove every subscription of a closed connection."""
         for tx in list(self._by_conn.get(conn, ())):

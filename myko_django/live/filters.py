@@ -506,3 +506,25 @@ def filter_for_ids(schema: ItemSchema, ids: Iterable[str], *, op_name: str | Non
         if not isinstance(x, str):
             raise FilterError(f'{op}: "ids" item {i} must be a string, got {_show(x)}')
     return compile_filter(schema, {"id": {"kind": "in", "value": list(ids)}}, op_name=op)
+
+
+def both(a: Filter, b: Filter | None) -> Filter:
+    """Items matching `a` and `b` (a query and the rows a user may see); `b` None: `a`.
+
+    Its key is the pair of keys, so subscriptions of users who see the same rows share one
+    live result; its index hints are both filters' (an id set narrows to the common ids)."""
+    if b is None:
+        return a
+    if a.ids is not None and b.ids is not None:
+        ids: frozenset[str] | None = a.ids & b.ids
+    else:
+        ids = a.ids if a.ids is not None else b.ids
+    key = ("and", a.key, b.key)
+    if ids is not None and not ids:
+        return Filter(_match_none, key, (), frozenset())
+    first, second = a.matches, b.matches
+
+    def matches(item: Mapping[str, Any]) -> bool:
+        return first(item) and second(item)
+
+    return Filter(matches, key, a.eq_keys + b.eq_keys, ids)

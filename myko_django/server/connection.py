@@ -48,10 +48,13 @@ class Backend(Protocol):
 
     allow_client_events: bool
 
-    def resolve_query(self, query_id: Any, item_type: Any, request: Any) -> tuple[str, Filter]:
-        """(item type, filter) of a query; OperationError or ItemError says what is wrong."""
+    def resolve_query(
+        self, query_id: Any, item_type: Any, request: Any, user: Any
+    ) -> tuple[str, Filter]:
+        """(item type, filter) of a query as `user` may see it; OperationError (with
+        PermissionDenied among them) or ItemError says what is wrong."""
 
-    def resolve_report(self, report_id: Any, request: Any) -> ReportSpec: ...
+    def resolve_report(self, report_id: Any, request: Any, user: Any) -> ReportSpec: ...
 
     async def run_command(
         self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
@@ -59,7 +62,7 @@ class Backend(Protocol):
         """(response, last position committed); raises CommandRejected."""
 
     async def apply_events(
-        self, events: list[Any], *, source_id: str
+        self, events: list[Any], *, user: Any, source_id: str
     ) -> tuple[int, list[tuple[int, Any, str]]]:
         """(last position committed, [(index, event, message) of each rejected event])."""
 
@@ -113,6 +116,9 @@ class Connection:
         self.binary_fmt: str | None = None  # fixed by the first binary frame that decodes
         self.kinds: dict[str, str] = {}  # tx -> response event of its query/view/static sub
         self.op_ids: dict[str, Any] = {}  # tx -> the queryId/viewId it subscribed with
+        # tx -> (request event, data) of each live query, view and report, to check again
+        # when the user changes (logged out, deactivated, permissions changed).
+        self.requests: dict[str, tuple[str, Any]] = {}
         self.loading: dict[str, _Pending] = {}  # subscriptions waiting for their store
         self._loads: set[asyncio.Task] = set()
         self.bad_frames = 0
@@ -171,9 +177,27 @@ class Connection:
             self.send(ev.REPORT_RESPONSE, {"response": update.value, "tx": update.tx})
 
     def _forget(self, tx: str) -> None:
-        """This connection no longer has a query or view under `tx`."""
+        """This connection no longer has a query, view or report under `tx`."""
         self.kinds.pop(tx, None)
         self.op_ids.pop(tx, None)
+        self.requests.pop(tx, None)
+
+    # ---- the user ----------------------------------------------------------------------
+
+    async def set_user(self, user: Any) -> None:
+        """The connection's user changed: signed out or deactivated (then anonymous), token
+        expired, permissions or row visibility changed. Every live query, view and report
+        is resolved again for the new user: one no longer allowed ends with its error
+        message, one whose visible rows changed starts again at sequence 0 (which replaces
+        the client's state, as after a reconnect)."""
+        self.user = user
+        for tx, (event, data) in list(self.requests.items()):
+            if self.requests.get(tx) != (event, data):
+                continue  # cancelled or replaced meanwhile
+            if event == ev.REPORT:
+                await self._report(data, again=True)
+            else:
+                await self._subscribe(event, data, again=True)
 
     # ---- incoming -------------------------------------------------------------------
 
@@ -244,23 +268,42 @@ class Connection:
 
     # ---- queries, views, reports ------------------------------------------------------
 
-    async def _subscribe(self, event: str, data: Any) -> None:
+    async def _subscribe(self, event: str, data: Any, again: bool = False) -> None:
+        """Start a live query or view; `again`: resolve an active one for a new user."""
         key, id_key, type_key, response, error = _KINDS[event]
         request = data.get(key) if isinstance(data, dict) else None
         tx = request.get("tx") if isinstance(request, dict) else None
         op_id = data.get(id_key) if isinstance(data, dict) else None
         if not isinstance(tx, str):
             return self._bad(f"{event} without {key}.tx")
-        if tx in self.kinds:
+        if tx in self.kinds and not again:
             return  # duplicate subscribe with an active tx: ignored (PROTOCOL §3.1)
         if isinstance(op_id, str) and op_id in ev.SERVER_QUERIES:
             self.kinds[tx] = response
             return self._static_servers(op_id, tx, response)
         try:
-            item_type, flt = self.backend.resolve_query(op_id, data.get(type_key), request)
+            item_type, flt = self.backend.resolve_query(
+                op_id, data.get(type_key), request, self.user
+            )
         except (OperationError, ItemError) as exc:
+            if again:
+                self._forget(tx)
+                self.loading.pop(tx, None)
+                self.hub.engine.cancel(self, tx)
             return self.send(error, {"tx": tx, id_key: op_id, "message": str(exc)})
+        if again:
+            pending = self.loading.get(tx)
+            if pending is not None:
+                pending.flt = flt  # starts with the new user's filter once loaded
+                return
+            engine = self.hub.engine
+            if engine.subscription_key(self, tx) == flt.key:
+                return  # the same rows as before: nothing to tell the client
+            window = engine.query_window(self, tx)
+            engine.cancel(self, tx)
+            return self._start(tx, _Pending(item_type, flt, window, error, id_key, op_id))
         self.kinds[tx] = response
+        self.requests[tx] = (event, data)
         self.op_ids[tx] = sys.intern(op_id) if isinstance(op_id, str) else op_id
         pending = _Pending(item_type, flt, data.get("window"), error, id_key, op_id)
         if self.hub.engine.has_store(item_type):
@@ -336,18 +379,23 @@ class Connection:
             )
         self.hub.deliver([update])
 
-    async def _report(self, data: Any) -> None:
+    async def _report(self, data: Any, again: bool = False) -> None:
+        """Start (or replace) a live report; `again`: resolve it for a new user, which
+        sends a value only when it changed."""
         request = data.get("report") if isinstance(data, dict) else None
         tx = request.get("tx") if isinstance(request, dict) else None
         report_id = data.get("reportId") if isinstance(data, dict) else None
         if not isinstance(tx, str):
             return self._bad("ws:m:report without report.tx")
         try:
-            spec = self.backend.resolve_report(report_id, request)
+            spec = self.backend.resolve_report(report_id, request, self.user)
             for item_type in spec.item_types:
                 await self.hub.ensure_store(item_type)
+            if again and self.hub.engine.subscription_key(self, tx) == spec.key:
+                return
             self._forget(tx)
             update = self.hub.engine.subscribe_report(self, tx, spec)
+            self.requests[tx] = (ev.REPORT, data)
         except (OperationError, ItemError) as exc:
             message = str(exc)
         except Exception as exc:  # a user report that raises on first computation
@@ -355,6 +403,9 @@ class Connection:
             message = f"{report_id} failed: {exc}"
         else:
             return self.hub.deliver([update])
+        if again:
+            self._forget(tx)
+            self.hub.engine.cancel(self, tx)
         self.send(ev.REPORT_ERROR, {"tx": tx, "reportId": report_id, "message": message})
 
     # ---- commands and client events, one at a time in arrival order --------------------
@@ -404,7 +455,9 @@ class Connection:
             for e in batch:
                 self._event_error(e, "This server does not accept events from clients")
             return
-        position, rejected = await self.backend.apply_events(batch, source_id=self.id)
+        position, rejected = await self.backend.apply_events(
+            batch, user=self.user, source_id=self.id
+        )
         for _, e, message in rejected:
             logger.info("myko: connection %s: rejected event: %s", self.id, message)
             self._event_error(e, message)
