@@ -195,7 +195,9 @@ def _id_param(op_name: str, params: Any) -> str:
     return item_id
 
 
-def resolve_query(query_id: Any, item_type: Any, params: Any) -> tuple[str, filters.Filter]:
+def resolve_query(
+    query_id: Any, item_type: Any, params: Any, user: Any = None
+) -> tuple[str, filters.Filter]:
     """(item type, compiled filter) for a ws:m:query; OperationError says what is wrong."""
     if not isinstance(query_id, str):
         raise OperationError(f"queryId must be a string, got {query_id!r:.60}")
@@ -238,7 +240,7 @@ def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
     registry.get(expected)
 
 
-def resolve_report(report_id: Any, params: Any) -> ReportSpec:
+def resolve_report(report_id: Any, params: Any, user: Any = None) -> ReportSpec:
     """The engine's ReportSpec for a ws:m:report."""
     if not isinstance(report_id, str):
         raise OperationError(f"reportId must be a string, got {report_id!r:.60}")

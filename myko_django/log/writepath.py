@@ -151,6 +151,7 @@ def apply_batch(
 def apply_events(
     events: Sequence[Any],
     *,
+    user: Any = None,
     tx: str | None = None,
     source_id: str | None = None,
     using: str = "default",

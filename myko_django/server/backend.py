@@ -32,11 +32,13 @@ class DatabaseBackend:
     def allow_client_events(self) -> bool:
         return bool(conf.get("ALLOW_CLIENT_EVENTS"))
 
-    def resolve_query(self, query_id: Any, item_type: Any, request: Any) -> tuple[str, Filter]:
-        return resolve_query(query_id, item_type, request)
+    def resolve_query(
+        self, query_id: Any, item_type: Any, request: Any, user: Any
+    ) -> tuple[str, Filter]:
+        return resolve_query(query_id, item_type, request, user)
 
-    def resolve_report(self, report_id: Any, request: Any) -> ReportSpec:
-        return resolve_report(report_id, request)
+    def resolve_report(self, report_id: Any, request: Any, user: Any) -> ReportSpec:
+        return resolve_report(report_id, request, user)
 
     async def run_command(
         self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
@@ -50,9 +52,9 @@ class DatabaseBackend:
         return outcome.response, outcome.position
 
     async def apply_events(
-        self, events: list[Any], *, source_id: str
+        self, events: list[Any], *, user: Any, source_id: str
     ) -> tuple[int, list[tuple[int, Any, str]]]:
-        return await self.hub.db(apply_events, events, source_id=source_id)
+        return await self.hub.db(apply_events, events, user=user, source_id=source_id)
 
     def servers(self, op_id: str, address: tuple[str, int] | None) -> list[dict]:
         if op_id == "GetConnectedServer":

@@ -90,10 +90,8 @@ def test_a_mistyped_key_is_an_error_with_a_did_you_mean(settings):
     [error] = myko_checks.check_settings()
     assert error.id == "myko.E005"
     assert error.msg == "Unknown MYKO setting 'POLL_INTERVALL'."
-    assert error.hint == (
-        "Did you mean 'POLL_INTERVAL'? Known keys: ALLOW_CLIENT_EVENTS, CHANNEL_LAYER, "
-        "COMMAND_RESULT_TTL, MAX_MESSAGE_SIZE, PEER_SERVERS, POLL_INTERVAL."
-    )
+    assert error.hint.startswith("Did you mean 'POLL_INTERVAL'? Known keys: ")
+    assert error.hint.endswith(f"{', '.join(sorted(conf.DEFAULTS))}.")
 
 
 def test_an_unknown_key_lists_the_known_ones(settings):

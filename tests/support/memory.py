@@ -247,7 +247,9 @@ class MemoryBackend:
 
     # -- names -> (item type, filter) / report specs ------------------------------------
 
-    def resolve_query(self, query_id: Any, item_type: Any, request: Any) -> tuple[str, Filter]:
+    def resolve_query(
+        self, query_id: Any, item_type: Any, request: Any, user: Any = None
+    ) -> tuple[str, Filter]:
         if not isinstance(query_id, str):
             raise OperationError(f"queryId must be a string, got {query_id!r:.60}")
         for name, schema in SCHEMAS.items():
@@ -266,7 +268,7 @@ class MemoryBackend:
                 raise OperationError(str(exc)) from None
         raise OperationError(f"Query handler not found: {query_id}")
 
-    def resolve_report(self, report_id: Any, request: Any) -> ReportSpec:
+    def resolve_report(self, report_id: Any, request: Any, user: Any = None) -> ReportSpec:
         if not isinstance(report_id, str):
             raise OperationError(f"reportId must be a string, got {report_id!r:.60}")
         if report_id in REPORTS:
@@ -315,7 +317,7 @@ class MemoryBackend:
         return response, self.db.commit(transaction.changes)
 
     async def apply_events(
-        self, events: list[Any], *, source_id: str
+        self, events: list[Any], *, user: Any = None, source_id: str
     ) -> tuple[int, list[tuple[int, Any, str]]]:
         await asyncio.sleep(0)
         changes: list[tuple[str, str, dict]] = []
