@@ -71,9 +71,10 @@ MAX_MESSAGE = str(16 * 1024 * 1024)
 SETTINGS = "bench.peer.settings"
 
 HOT = 100  # Targets every identical subscription matches (category "hot")
-# myko runs one connection's commands one at a time (PROTOCOL.md §5), so W writes/s come
-# from this many writer connections: with 8, at 80 writes/s the writer's own queues were
-# the bottleneck (p99 1.8 s), not the fan-out. Each item always goes through one of them.
+# myko runs one connection's commands one at a time (docs/protocol.md, "Commands"), so
+# W writes/s come from this many writer connections: with 8, at 80 writes/s the writer's
+# own queues were the bottleneck (p99 1.8 s), not the fan-out. Each item always goes
+# through one of them.
 WRITER_SOCKETS = int(os.environ.get("BENCH_WRITER_SOCKETS", "32"))
 P99_SUSTAINABLE_MS = 1000.0
 TARGET_P99_MS = 250.0

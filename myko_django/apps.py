@@ -1,6 +1,7 @@
 """Builds the item registry and wires event capture when Django starts."""
 
 from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 from myko_django.items.registry import ItemType, explicit_registrations, registry
@@ -17,7 +18,7 @@ class MykoConfig(AppConfig):
         # Django imports this module before any models module: what defines or imports a
         # model class (the log's tables) can only be imported once the registry is ready.
         from myko_django import checks  # noqa: F401  (checks register themselves)
-        from myko_django.log import capture, managers
+        from myko_django.log import adoption, capture, managers
         from myko_django.models import Item
 
         explicit = explicit_registrations()
@@ -29,6 +30,8 @@ class MykoConfig(AppConfig):
         for item_type in registry:
             managers.adopt(item_type.model)
         capture.connect()
+        # `migrate` adopts the rows that predate a model's registration (log/adoption.py).
+        post_migrate.connect(adoption.after_migrate, sender=self, dispatch_uid="myko_adopt")
         publish.add_listener(doorbell.ring_from_thread)
         # User commands, queries and reports live in each app's myko.py.
         autodiscover_modules("myko")

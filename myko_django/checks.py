@@ -6,11 +6,13 @@ import difflib
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.db.utils import load_backend
 
 from myko_django import conf
 from myko_django.items import operations
 from myko_django.items.registry import registry
+from myko_django.log import adoption
 from myko_django.log.managers import uses_item_queryset
 from myko_django.wire.envelope import SERVER_QUERIES
 
@@ -49,10 +51,23 @@ def check_items(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                     f"Item model {model._meta.label} has fields myko cannot put on the wire: "
                     f"{', '.join(item_type.unsupported)}.",
                     hint="Supported: text, numbers, booleans, decimals, dates and times, UUIDs, "
-                    "JSON and foreign keys. Model a many-to-many as an item with two foreign "
-                    "keys, or keep the field on a model that is not an item.",
+                    "JSON and foreign keys. Leave a field off the wire with `myko_exclude = "
+                    "[...]` on the model (exclude=[...] of myko_django.register()), or model a "
+                    "many-to-many as an item with two foreign keys.",
                     obj=model,
                     id="myko.E003",
+                )
+            )
+        if item_type.field_errors:
+            errors.append(
+                checks.Error(
+                    f"The field visibility of item model {model._meta.label} is wrong: "
+                    f"{'; '.join(item_type.field_errors)}.",
+                    hint="Name model fields in either `myko_fields` or `myko_exclude` on the "
+                    "model (or fields=... / exclude=... of myko_django.register()), not both; "
+                    "the primary key always travels as id.",
+                    obj=model,
+                    id="myko.E012",
                 )
             )
     return errors
@@ -246,4 +261,34 @@ def check_databases(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="myko.W001",
             )
         )
+    return warnings
+
+
+# ---- rows from before a model was registered -------------------------------------------
+
+
+@checks.register("myko", checks.Tags.database)
+def check_adoption(app_configs=None, databases=None, **kwargs) -> list[checks.CheckMessage]:
+    """Item tables with rows the log does not hold yet: a model registered since `migrate`
+    last ran. A database check: `migrate` (which then adopts them) and `check --database`."""
+    warnings: list[checks.CheckMessage] = []
+    for alias in databases or ():
+        try:
+            waiting = adoption.waiting(alias)
+        except DatabaseError:
+            continue  # unreachable or not migrated: `migrate` says so itself
+        for item_type in waiting:
+            warnings.append(
+                checks.Warning(
+                    f"The table of item type {item_type.name} "
+                    f"({item_type.model._meta.db_table}) has rows that are not in the event "
+                    "log yet: the model was registered after they were written.",
+                    hint="`manage.py migrate` adopts them when it ends (a SET event per row, "
+                    "a page at a time), or run `manage.py myko_resync --item-type "
+                    f"{item_type.name}`. Until then `myko_rebuild` keeps them but could not "
+                    "restore them.",
+                    obj=item_type.model,
+                    id="myko.W020",
+                )
+            )
     return warnings

@@ -10,7 +10,7 @@ from channels import DEFAULT_CHANNEL_LAYER
 from django.conf import settings
 
 DEFAULTS: dict[str, Any] = {
-    # Let clients publish ws:m:event / ws:m:event-batch (PROTOCOL.md §6).
+    # Let clients publish ws:m:event / ws:m:event-batch (docs/protocol.md, "Events").
     "ALLOW_CLIENT_EVENTS": True,
     # How long a committed command's response is kept for idempotent retries (seconds).
     "COMMAND_RESULT_TTL": 24 * 3600,

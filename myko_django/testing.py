@@ -140,7 +140,7 @@ class LiveSession:
     def query(
         self, query_id: str, item_type: str, params: dict | None = None, window: dict | None = None
     ) -> LiveQuery:
-        item_type, flt = resolve_query(query_id, item_type, params or {})
+        item_type, flt = resolve_query(query_id, item_type, params or {}, self.user)
         self.pump()
         self._ensure_store(item_type)
         live = LiveQuery(self, f"q{next(self._tx)}")
@@ -149,7 +149,7 @@ class LiveSession:
         return live
 
     def report(self, report_id: str, params: dict | None = None) -> LiveReport:
-        spec = resolve_report(report_id, params or {})
+        spec = resolve_report(report_id, params or {}, self.user)
         self.pump()
         for item_type in spec.item_types:
             self._ensure_store(item_type)
@@ -170,7 +170,7 @@ class LiveSession:
 
 # ---- a real server ------------------------------------------------------------------------
 
-#: daphne's own caps are 1 MiB per message and frame (DESIGN.md "Daphne limits").
+#: daphne's own caps are 1 MiB per message and frame (README, "Serving it").
 MAX_MESSAGE = 16 * 1024 * 1024
 
 

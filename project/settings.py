@@ -100,7 +100,15 @@ if os.environ.get("REDIS_URL"):
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-MYKO = {}
+# A DEMO: anyone, signed in or not, may read and change Scenes and Targets (and run
+# RenameTarget, see demo/myko.py). Everything else keeps the library's default: Django's
+# model permissions, nothing for anonymous clients; Notes are each user's own.
+MYKO = {
+    "PERMISSIONS": {
+        "Scene": "myko_django.permissions.AllowAny",
+        "Target": "myko_django.permissions.AllowAny",
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"

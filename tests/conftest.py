@@ -1,5 +1,6 @@
 """Shared fixtures. Tests that need committed data (threads, on_commit) use
-`django_db(transaction=True)`; see DESIGN.md "Tests see the database"."""
+`django_db(transaction=True)`: commands run on other threads and in daphne processes, which
+cannot see an open test transaction, and `on_commit` runs only on a real commit."""
 
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def published():
 
 @pytest.fixture(params=["json", "msgpack"])
 def fmt(request) -> str:
-    """Each protocol test runs in JSON and in MessagePack (PROTOCOL.md §9.10)."""
+    """Each protocol test runs in JSON and in MessagePack."""
     return request.param
 
 

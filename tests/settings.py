@@ -9,7 +9,19 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests that must prove the channel layer delivers set a long poll interval.
 import os  # noqa: E402
 
-MYKO = {"POLL_INTERVAL": float(os.environ.get("MYKO_TEST_POLL_INTERVAL", "1.0"))}
+# The test app's item types are open to anonymous clients, like the demo's: tests of
+# other things than permissions need no login (tests of permissions set their own).
+MYKO = {
+    **MYKO,  # noqa: F405
+    "POLL_INTERVAL": float(os.environ.get("MYKO_TEST_POLL_INTERVAL", "1.0")),
+    "PERMISSIONS": {
+        **MYKO["PERMISSIONS"],  # noqa: F405
+        **{
+            name: "myko_django.permissions.AllowAny"
+            for name in ("Gadget", "Owner", "Stamp", "Legacy", "Account", "Badge")
+        },
+    },
+}
 
 # Runs of the SQLite suite side by side in one checkout each need a test database file of
 # their own (project/settings.py names one fixed file).

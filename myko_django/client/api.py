@@ -1,4 +1,4 @@
-"""An asyncio client for the myko protocol (PROTOCOL.md) on `websockets`: live queries and
+"""An asyncio client for the myko protocol (docs/protocol.md) on `websockets`: live queries and
 reports, commands, events and pings over one WebSocket that reconnects by itself.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
 from myko_django.wire import codecs as wire
@@ -314,6 +315,7 @@ class Client:
         reconnect: bool = True,
         backoff: tuple[float, float] = (0.1, 5.0),
         on_event_error: Callable[[dict], Any] | None = None,
+        token: str | None = None,
         **options: Any,
     ) -> None:
         if protocol not in (wire.JSON, wire.MSGPACK, wire.CBOR):
@@ -328,6 +330,9 @@ class Client:
         self.event_errors: list[dict] = []
         self.reconnects = 0  # successful reconnects so far
         self._options = {**options, "max_size": max_size}
+        # Sent as `Authorization: Bearer <token>` on every (re)connect; set it to a fresh
+        # token before the old one expires and the next reconnect uses that.
+        self.token = token
         self._ws: ClientConnection | None = None
         self._subs: dict[str, Query | Report] = {}
         self._commands: dict[str, _PendingCommand] = {}
@@ -353,13 +358,23 @@ class Client:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def _connect_options(self) -> dict[str, Any]:
+        """websockets' options for the next connection: the token as a bearer header."""
+        if self.token is None:
+            return self._options
+        headers = Headers(self._options.get("additional_headers") or ())
+        if "Authorization" in headers:
+            del headers["Authorization"]
+        headers["Authorization"] = f"Bearer {self.token}"
+        return {**self._options, "additional_headers": headers}
+
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> Client:
         """Connect once (errors propagate: a wrong URL fails fast) and start the tasks."""
         if self._runner is not None:
             raise RuntimeError("client already opened")
-        ws = await ws_connect(self.url, **self._options)
+        ws = await ws_connect(self.url, **self._connect_options())
         self._set_state(True)
         self._runner = asyncio.get_running_loop().create_task(self._run(ws))
         return self
@@ -469,7 +484,7 @@ class Client:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter spreads a herd
             self._url_index = (self._url_index + 1) % len(self.urls)  # another worker first
             try:
-                ws = await ws_connect(self.url, **self._options)
+                ws = await ws_connect(self.url, **self._connect_options())
             except Exception as exc:  # refused, timed out, 5xx while the server restarts...
                 logger.info("myko: reconnect to %s failed: %s", self.url, exc)
                 delay = min(delay * 2, maximum)
@@ -717,11 +732,15 @@ def connect(
     reconnect: bool = True,
     backoff: tuple[float, float] = (0.1, 5.0),
     on_event_error: Callable[[dict], Any] | None = None,
+    token: str | None = None,
     **options: Any,
 ) -> Connecting:
     """Connect to a myko server: `client = await connect(url)` or
     `async with connect(url) as client`. With several URLs (workers of one deployment),
-    reconnects try the next one. Extra options go to websockets' `connect`."""
+    reconnects try the next one. `token` (from `manage.py myko_token` or
+    `myko_django.auth.issue_token`) is sent as `Authorization: Bearer <token>` on the first
+    connection and every reconnect (`client.token` may be replaced meanwhile). Extra
+    options go to websockets' `connect`."""
     return Connecting(
         Client(
             url,
@@ -730,6 +749,7 @@ def connect(
             reconnect=reconnect,
             backoff=backoff,
             on_event_error=on_event_error,
+            token=token,
             **options,
         )
     )

@@ -2,7 +2,7 @@
 fields have it, which JSON type it travels as, how it is encoded and decoded, and what a
 client is told when a value does not fit.
 
-Wire values are strictly typed (PROTOCOL.md §6): the JSON type is checked before
+Wire values are strictly typed (docs/protocol.md, "Events"): the JSON type is checked before
 anything converts, since Django's `to_python` would coerce `"1"` into 1.
 """
 

@@ -1,5 +1,5 @@
 """Named commands, queries and reports: user handlers by decorator and the operations every
-item type gets (PROTOCOL.md §7).
+item type gets (docs/protocol.md, "Derived operations").
 
 One precedence rule for all three kinds: a user handler registered under a name replaces the
 derived operation of that name (a `DeleteTarget` command that checks something first, a
@@ -14,8 +14,10 @@ from typing import Any
 
 from django.db import models
 
+from myko_django.items import permissions
 from myko_django.items.errors import OperationError
 from myko_django.items.params import Param, ParamError, signature_params, validate
+from myko_django.items.permissions import DELETE, RUN, VIEW
 from myko_django.items.registry import ItemType, registry
 from myko_django.live import filters
 from myko_django.live.updates import ReportSpec
@@ -30,6 +32,10 @@ class Handler:
     params: list[Param]
     item_type: str | None = None
     depends: tuple[str, ...] = field(default_factory=tuple)
+    # Its own permission class (None: its item type's, see items/permissions.py), and
+    # what running it counts as: "run" for a user command, "delete" for a derived delete.
+    permission: Any = None
+    action: str = RUN
 
     @property
     def where(self) -> str:
@@ -100,21 +106,34 @@ def unregister(kind: str, name: str) -> Handler | None:
     return _user[kind].pop(name, None)
 
 
-def command(name: str | None = None) -> Callable:
-    """Register `func(ctx, *, **params)` as a command; it runs in one transaction."""
-    return _decorator("command", name)
+def command(name: str | None = None, *, permission: Any = None) -> Callable:
+    """Register `func(ctx, *, **params)` as a command; it runs in one transaction, as
+    `ctx.user`, once `permission` (default: a signed-in, active user) allows it."""
+    return _decorator("command", name, permission=permission)
 
 
-def query(name: str | None = None, *, item: str | type[models.Model]) -> Callable:
+def query(
+    name: str | None = None, *, item: str | type[models.Model], permission: Any = None
+) -> Callable:
     """Register `func(**params)` returning a filter dict (flat fields, as GetXsByQuery takes)
-    or a predicate `item_dict -> bool`, as a live query over `item`."""
-    return _decorator("query", name, item_type=_item_name(item))
+    or a predicate `item_dict -> bool`, as a live query over `item`. Who may run it:
+    `permission`, else as for `item`'s derived queries (view); each user sees only the rows
+    `item`'s visibility gives them."""
+    return _decorator("query", name, item_type=_item_name(item), permission=permission)
 
 
-def report(name: str | None = None, *, depends: Sequence[str | type[models.Model]]) -> Callable:
+def report(
+    name: str | None = None,
+    *,
+    depends: Sequence[str | type[models.Model]],
+    permission: Any = None,
+) -> Callable:
     """Register `func(view, **params)` as a live report, recomputed when an item type in
-    `depends` changes; `view.items("Target")` maps ids to wire items."""
-    return _decorator("report", name, depends=tuple(_item_name(d) for d in depends))
+    `depends` changes; `view.items("Target")` maps ids to the wire items the user may see.
+    Who may run it: `permission`, else whoever may view every type in `depends`."""
+    return _decorator(
+        "report", name, depends=tuple(_item_name(d) for d in depends), permission=permission
+    )
 
 
 # ---- the operations every item type gets ------------------------------------------------
@@ -196,9 +215,11 @@ def _id_param(op_name: str, params: Any) -> str:
 
 
 def resolve_query(
-    query_id: Any, item_type: Any, params: Any, user: Any = None
+    query_id: Any, item_type: Any, params: Any, user: Any
 ) -> tuple[str, filters.Filter]:
-    """(item type, compiled filter) for a ws:m:query; OperationError says what is wrong."""
+    """(item type, compiled filter) of a ws:m:query as `user` may see it: the query's
+    filter and the rows the user may see. OperationError (PermissionDenied among them)
+    says what is wrong."""
     if not isinstance(query_id, str):
         raise OperationError(f"queryId must be a string, got {query_id!r:.60}")
     found = _find("query", query_id)
@@ -208,30 +229,39 @@ def resolve_query(
         if not isinstance(found, Handler):
             what, it = found
             _check_item_type(query_id, it.name, item_type)
-            schema = it.schema
-            if what == "all":
-                return it.name, filters.compile_filter(schema, {}, op_name=query_id)
-            if what == "ids":
-                ids = _ids_param(query_id, params)
-                return it.name, filters.filter_for_ids(schema, ids, op_name=query_id)
-            spec = _filter_params(params, query_id)
-            return it.name, filters.compile_filter(schema, spec, op_name=query_id)
+            permissions.check(user, VIEW, it, f"view {it.plural}")
+            return it.name, filters.both(
+                _derived_filter(query_id, what, it, params), it.visibility(user)
+            )
         _check_item_type(query_id, found.item_type, item_type)
-        kwargs = found.kwargs(params)
-        result = found.func(**kwargs)
-        schema = registry.get(found.item_type).schema
-        if callable(result):
-            key = (query_id, filters.value_key(kwargs))
-            return found.item_type, filters.Filter.from_predicate(result, key)
-        if isinstance(result, dict):
-            flt = filters.compile_filter(schema, result, op_name=query_id)
-            return found.item_type, flt
-        raise OperationError(
-            f"{query_id}: the handler returned {type(result).__name__}, "
-            "expected a filter dict or a predicate"
-        )
+        it = registry.get(found.item_type)
+        permissions.check(user, VIEW, it, f"run {query_id}", found.permission)
+        return it.name, filters.both(_user_filter(found, it, params), it.visibility(user))
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
+
+
+def _derived_filter(query_id: str, what: str, it: ItemType, params: Any) -> filters.Filter:
+    if what == "all":
+        return filters.compile_filter(it.schema, {}, op_name=query_id)
+    if what == "ids":
+        return filters.filter_for_ids(it.schema, _ids_param(query_id, params), op_name=query_id)
+    spec = _filter_params(params, query_id)
+    return filters.compile_filter(it.schema, spec, op_name=query_id)
+
+
+def _user_filter(handler: Handler, it: ItemType, params: Any) -> filters.Filter:
+    kwargs = handler.kwargs(params)
+    result = handler.func(**kwargs)
+    if callable(result):
+        key = (handler.name, filters.value_key(kwargs))
+        return filters.Filter.from_predicate(result, key)
+    if isinstance(result, dict):
+        return filters.compile_filter(it.schema, result, op_name=handler.name)
+    raise OperationError(
+        f"{handler.name}: the handler returned {type(result).__name__}, "
+        "expected a filter dict or a predicate"
+    )
 
 
 def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
@@ -240,8 +270,8 @@ def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
     registry.get(expected)
 
 
-def resolve_report(report_id: Any, params: Any, user: Any = None) -> ReportSpec:
-    """The engine's ReportSpec for a ws:m:report."""
+def resolve_report(report_id: Any, params: Any, user: Any) -> ReportSpec:
+    """The engine's ReportSpec for a ws:m:report, over the rows `user` may see."""
     if not isinstance(report_id, str):
         raise OperationError(f"reportId must be a string, got {report_id!r:.60}")
     found = _find("report", report_id)
@@ -250,19 +280,29 @@ def resolve_report(report_id: Any, params: Any, user: Any = None) -> ReportSpec:
     try:
         if not isinstance(found, Handler):
             what, it = found
+            permissions.check(user, VIEW, it, f"view {it.plural}")
+            visible = it.visibility(user)
             if what == "count_all":
-                return ReportSpec.count(
-                    it.name, filters.compile_filter(it.schema, {}, op_name=report_id)
-                )
+                everything = filters.compile_filter(it.schema, {}, op_name=report_id)
+                return ReportSpec.count(it.name, filters.both(everything, visible))
             if what == "count":
                 spec = _filter_params(params, report_id)
                 flt = filters.compile_filter(it.schema, spec, op_name=report_id)
-                return ReportSpec.count(it.name, flt)
-            return ReportSpec.by_id(it.name, _id_param(report_id, params))
+                return ReportSpec.count(it.name, filters.both(flt, visible))
+            return ReportSpec.by_id(it.name, _id_param(report_id, params), visible=visible)
+        visible = {}
+        for name in found.depends:
+            it = registry.get(name)
+            permissions.check(user, VIEW, it, f"run {report_id}", found.permission)
+            flt = it.visibility(user)
+            if flt is not None:
+                visible[name] = flt
         kwargs = found.kwargs(params)
         func = found.func
         key = (report_id, filters.value_key(kwargs))
-        return ReportSpec.custom(key, found.depends, lambda view: func(view, **kwargs))
+        return ReportSpec.custom(
+            key, found.depends, lambda view: func(view, **kwargs), visible=visible or None
+        )
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
 
@@ -280,15 +320,20 @@ def resolve_command(command_id: Any) -> Handler:
 
 
 def _derived_command(name: str, what: str, it: ItemType) -> Handler:
+    """DeleteX and DeleteXs: a user needs `delete` on the type, and deletes only rows they
+    may see (others count as missing)."""
     if what == "delete":
 
         def delete_one(ctx, *, id: str) -> dict:
-            ctx.delete(it.name, id, missing_ok=False)
+            ctx.delete(it.name, id, missing_ok=False, visible_only=True)
             return {"deleted": True}
 
-        return Handler("command", name, delete_one, signature_params(delete_one, 1))
+        params = signature_params(delete_one, 1)
+        return Handler("command", name, delete_one, params, it.name, action=DELETE)
 
     def delete_many(ctx, *, ids: list[str]) -> dict:
-        return {"deletedCount": sum(1 for i in ids if ctx.delete(it.name, i))}
+        deleted = sum(1 for i in ids if ctx.delete(it.name, i, visible_only=True))
+        return {"deletedCount": deleted}
 
-    return Handler("command", name, delete_many, signature_params(delete_many, 1))
+    params = signature_params(delete_many, 1)
+    return Handler("command", name, delete_many, params, it.name, action=DELETE)

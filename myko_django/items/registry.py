@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import decimal
+import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from myko_django.items.errors import ItemError
+from myko_django.items.errors import ItemError, OperationError
 from myko_django.items.kinds import (
     BY_NAME,
     PortabilityError,
@@ -20,8 +22,10 @@ from myko_django.items.kinds import (
     kind_of,
     portable_json,
 )
-from myko_django.live.filters import ItemSchema
+from myko_django.live.filters import Filter, FilterError, ItemSchema, compile_filter
 from myko_django.wire.naming import to_camel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +89,15 @@ class ItemType:
     permission: Any = None
     # user -> the filter (as GetXsByQuery takes) of the rows that user may see; None: all.
     visible_to: Callable[[Any], dict | None] | None = None
+    # Field visibility: the names `fields` / `exclude` keep off the wire (never encoded,
+    # refused on write), and what is wrong with those settings (system check myko.E012).
+    excluded: list[str] = field(default_factory=list)
+    field_errors: list[str] = field(default_factory=list)
+    # Concrete fields that do not travel (excluded or unsupported): a SET keeps their stored
+    # values, a new row gets their defaults.
+    kept: list[models.Field] = field(default_factory=list)
+    # Wire key (or field name) of an excluded field -> its wire name, for refusing writes.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_model(
@@ -94,6 +107,8 @@ class ItemType:
         plural: str | None = None,
         permission: Any = None,
         visible_to: Callable[[Any], dict | None] | None = None,
+        fields: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> ItemType:
         name = name or getattr(model, "myko_name", None) or model.__name__
         plural = plural or getattr(model, "myko_plural", None) or name + "s"
@@ -104,7 +119,19 @@ class ItemType:
             permission=permission or getattr(model, "myko_permission", None),
             visible_to=visible_to or getattr(model, "myko_visible_to", None),
         )
+        if fields is None and exclude is None:
+            fields = getattr(model, "myko_fields", None)
+            exclude = getattr(model, "myko_exclude", None)
+        hidden = item_type._hidden_fields(fields, exclude)
         for f in model._meta.get_fields():
+            if f in hidden:
+                item_type.excluded.append(f.name)
+                wire = to_camel(f.attname if isinstance(f, models.ForeignKey) else f.name)
+                for key in (wire, f.name, getattr(f, "attname", f.name)):
+                    item_type.refused[key] = wire
+                if getattr(f, "concrete", False):
+                    item_type.kept.append(f)
+                continue
             if f.many_to_many and not f.auto_created:
                 item_type.unsupported.append(f"{f.name} (many-to-many)")
                 continue
@@ -116,14 +143,85 @@ class ItemType:
             kind = kind_of(f)
             if kind is None:
                 item_type.unsupported.append(f"{f.name} ({type(f).__name__})")
+                item_type.kept.append(f)
                 continue
             wire = to_camel(f.attname if kind.name == "fk" else f.name)
             item_type.codecs.append(FieldCodec(f, wire, kind.name))
+        for codec in item_type.codecs:  # an exposed wire key is never refused
+            item_type.refused.pop(codec.wire, None)
         return item_type
+
+    def _hidden_fields(self, fields: Any, exclude: Any) -> set[models.Field]:
+        """The model fields that `fields` / `exclude` keep off the wire; mistakes are noted
+        in `field_errors` (and, to fail closed, every field named in either is applied)."""
+        meta = self.model._meta
+        known: dict[str, models.Field] = {}
+        for f in meta.get_fields():
+            if getattr(f, "concrete", False) or (f.many_to_many and not f.auto_created):
+                known[f.name] = f
+                known.setdefault(getattr(f, "attname", f.name), f)
+        if fields is not None and exclude is not None:
+            self.field_errors.append("sets both fields and exclude; set at most one")
+
+        def resolve(option: str, names: Any) -> set[models.Field]:
+            if names is None:
+                return set()
+            if isinstance(names, str):
+                self.field_errors.append(f"{option} must be a list of field names, not a string")
+                names = [names]
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                choices = ", ".join(sorted({f.name for f in known.values()}))
+                self.field_errors.append(
+                    f"{option} names unknown field{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(map(repr, unknown))} (fields: {choices})"
+                )
+            return {known[n] for n in names if n in known}
+
+        shown = resolve("fields", fields)
+        hidden = resolve("exclude", exclude)
+        if meta.pk in hidden:
+            self.field_errors.append(
+                f"exclude names the primary key {meta.pk.name!r}, which always travels (as id)"
+            )
+        if fields is not None:
+            hidden |= set(known.values()) - shown
+        hidden.discard(meta.pk)
+        return hidden
+
+    def visibility(self, user: Any) -> Filter | None:
+        """The filter of the rows `user` may see (None: every row), from `visible_to`."""
+        if self.visible_to is None:
+            return None
+        spec = self.visible_to(user)
+        if spec is None:
+            return None
+        try:
+            if not isinstance(spec, dict):
+                raise FilterError(f"expected a filter dict or None, got {type(spec).__name__}")
+            unknown = sorted(str(k) for k in spec if k not in self.schema.fields)
+            if unknown:  # ignored, they would let every user see every row
+                raise FilterError(f"unknown or hidden fields {', '.join(unknown)}")
+            return compile_filter(self.schema, spec, op_name=f"{self.name} visibility")
+        except FilterError as exc:
+            # The server's mistake, not the client's: the detail goes to the log.
+            logger.error("myko: %s.visible_to(%r) returned a bad filter: %s", self.name, user, exc)
+            raise OperationError(f"{self.name}: the server's visibility rule failed") from exc
 
     @property
     def pk_codec(self) -> FieldCodec:
         return self.codecs[0]
+
+    @property
+    def required_kept(self) -> list[models.Field]:
+        """The fields that do not travel and that a new row cannot fill by itself: with any
+        of them, only server code that sets it can create rows (clients cannot)."""
+        return [f for f in self.kept if not _has_default(f)]
+
+    @functools.cached_property
+    def wires(self) -> frozenset[str]:
+        """The wire keys of the fields that travel."""
+        return frozenset(c.wire for c in self.codecs)
 
     @property
     def schema(self) -> ItemSchema:
@@ -160,17 +258,33 @@ class ItemType:
     def build(
         self, wire_item: Any, existing: models.Model | None, *, check_references: bool = True
     ) -> models.Model:
-        """A validated model instance replacing the whole item (PROTOCOL.md §6: SET).
+        """A validated model instance replacing the whole item (a SET, docs/protocol.md).
 
         `check_references=False` leaves foreign keys to `check_references()`, which checks a
         whole batch in one query per field instead of one per item.
+
+        Fields kept off the wire (`fields` / `exclude`) cannot be written: a key naming one
+        is refused. An existing row keeps their stored values; a new row gets their defaults.
         """
         if not isinstance(wire_item, dict):
             raise ItemError(f"{self.name}: item must be an object, got {describe(wire_item)}")
+        for key, wire in self.refused.items():
+            if key in wire_item:
+                raise ItemError(f"{self.name}.{wire} cannot be written")
         if "id" not in wire_item:
             raise ItemError(f"{self.name}: item has no id")
         pk = self.decode_id(wire_item["id"])
         instance = self.model(pk=pk)
+        if existing is not None:
+            for f in self.kept:
+                setattr(instance, f.attname, getattr(existing, f.attname))
+        elif self.required_kept:
+            f = self.required_kept[0]
+            raise ItemError(
+                f"{self.name} {wire_item['id']}: new items cannot be created over myko: "
+                f"{self.name}.{self.refused.get(f.name, f.name)} is required, has no default "
+                "and is not exposed"
+            )
         for codec in self.codecs[1:]:
             f = codec.field
             if codec.wire in wire_item:
@@ -201,6 +315,7 @@ class ItemType:
         ]
         if not check_references:
             skip += [c.field.name for c in self.codecs if c.kind == "fk"]
+        skip += [f.name for f in self.kept]  # stored values or defaults, not the client's
         try:
             instance.full_clean(exclude=skip, validate_unique=True, validate_constraints=True)
         except ValidationError as exc:
@@ -242,6 +357,20 @@ class ItemType:
                 f"{self.name}.{label}: {messages}" if label else f"{self.name}: {messages}"
             )
         return "; ".join(parts)
+
+
+def _has_default(f: models.Field) -> bool:
+    """Whether a new row gets a valid value for `f` without one being given: a default (of
+    the model or the database), a value set on save, null, or an allowed empty string."""
+    return (
+        f.has_default()
+        or f.has_db_default()
+        or not f.editable
+        or getattr(f, "auto_now", False)
+        or getattr(f, "auto_now_add", False)
+        or f.null
+        or (f.blank and f.empty_strings_allowed)
+    )
 
 
 class Registry:
@@ -289,11 +418,16 @@ def register(
     plural: str | None = None,
     permission: Any = None,
     visible_to: Callable[[Any], dict | None] | None = None,
+    fields: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ):
     """Make an existing model an item without changing its table. Usable as a decorator.
 
     `permission`: its permission class (see myko_django.permissions); `visible_to(user)`:
-    the filter of the rows that user may see (None: all), as `myko_visible_to` on an Item."""
+    the filter of the rows that user may see (None: all), as `myko_visible_to` on an Item.
+    `fields` / `exclude` (at most one; model field names, as `myko_fields` / `myko_exclude`
+    on a model): the fields that travel, or those that do not. The primary key always
+    travels; the others are never sent and clients cannot write them."""
 
     def do(m: type[models.Model]) -> type[models.Model]:
         _explicit[m] = {
@@ -301,6 +435,8 @@ def register(
             "plural": plural,
             "permission": permission,
             "visible_to": visible_to,
+            "fields": fields,
+            "exclude": exclude,
         }
         return m
 

@@ -1,8 +1,9 @@
 """The engine proper: item stores, live results, their indexes and the diffing.
 
-Pure Python, single-threaded (one event-loop thread), no I/O. See PROTOCOL.md §3-§4.
+Pure Python, single-threaded (one event-loop thread), no I/O. What it serves is in
+docs/protocol.md, "Queries", "Windows" and "Reports".
 
-One word per concept (DESIGN.md's), with the short name the code uses for it:
+One word per concept (docs/architecture.md, "Words"), with the short name the code uses:
 
 - store (`_Store`, `store`): one item type's items as of a log position.
 - live result (`_LiveResult`, `live`): the ids matching (item type, filter), shared by
@@ -15,6 +16,9 @@ One word per concept (DESIGN.md's), with the short name the code uses for it:
   shared by the query subscriptions that asked for those bounds.
 - report group (`_ReportGroup`, `group`): one report's value, shared by identical
   report subscriptions.
+- row visibility: a user's filter of the rows they may see. Queries and counts take
+  `filters.both(query, visible)`, an ordinary filter (users who see the same rows share its
+  live result); by-id and custom reports take it in their ReportSpec (`live/visibility.py`).
 - live-result index (`Engine._by_id`, `_by_field`, `_scan`): where a touched item looks
   for the live results it may affect; each key leads to an index slot (`_Slot`).
 - store index (`_Store.by_field`): field -> key -> item ids, so that a new live result
@@ -42,6 +46,7 @@ from myko_django.live.updates import (
     SharedItems,
     Update,
 )
+from myko_django.live.visibility import VisibleView, visible_item
 from myko_django.wire.envelope import parse_window
 
 log = logging.getLogger(__name__)
@@ -319,8 +324,10 @@ class Engine:
             live.index = ("id",)
         elif flt.eq_keys:
             fields = self._by_field.setdefault(t, {})
-            # Prefer a field already indexed: fewer lookups per touched item.
-            field, k = next(((f, k) for f, k in flt.eq_keys if f in fields), flt.eq_keys[0])
+            # The key whose slot holds the fewest live results, so a touched item is tested
+            # against few (users' row filters combined with one query all share the query's
+            # key); on a tie a field already indexed: fewer lookups per touched item.
+            field, k = min(flt.eq_keys, key=lambda fk: _slot_rank(fields, fk))
             _slot_add(fields.setdefault(field, {}), k, live)
             live.index = ("field", field, k)
         else:
@@ -431,8 +438,8 @@ class Engine:
         return win.snapshot
 
     def set_window(self, conn: Hashable, tx: str, window: dict | None) -> QueryUpdate | None:
-        """Change a query subscription's window (PROTOCOL §3.3): returns the diff of what the
-        client sees before and after."""
+        """Change a query subscription's window (docs/protocol.md, "Windows"): returns the
+        diff of what the client sees before and after."""
         sub = self._subs.get((conn, tx))
         if not isinstance(sub, _QuerySubscription):
             return None
@@ -512,20 +519,25 @@ class Engine:
         elif spec.kind == "by_id":
             assert spec.item_type is not None and spec.item_id is not None
             store = self._store(spec.item_type)
-            group = _ReportGroup(spec, store.items.get(spec.item_id))
+            group = _ReportGroup(spec, visible_item(spec.flt, store.items.get(spec.item_id)))
             by_id = self._reports_by_id.setdefault(spec.item_type, {})
             by_id.setdefault(spec.item_id, {})[group] = None
         elif spec.kind == "custom":
             assert spec.compute is not None
             for t in spec.item_types:
                 self._store(t)
-            group = _ReportGroup(spec, spec.compute(self))
+            group = _ReportGroup(spec, spec.compute(self._report_view(spec)))
             for t in spec.item_types:
                 self._reports_by_type.setdefault(t, {})[group] = None
         else:
             raise EngineError(f"unknown report kind {spec.kind!r}")
         self._report_groups[spec.key] = group
         return group
+
+    def _report_view(self, spec: ReportSpec) -> VisibleView:
+        """What a custom report's compute reads: the stores of the types it depends on, only
+        their visible rows where it has a visibility."""
+        return VisibleView(self.items, spec.visible or {}, spec.item_types)
 
     def _drop_report_group(self, group: _ReportGroup) -> None:
         """Forget a report group whose last subscription was cancelled."""
@@ -796,8 +808,9 @@ class Engine:
                 for item_id in before:
                     groups = by_id.get(item_id)
                     if groups:
-                        new = items.get(item_id)
+                        item = items.get(item_id)
                         for group in groups:
+                            new = visible_item(group.spec.flt, item)
                             if not strict_equal(group.value, new):
                                 group.value = new
                                 _report(group, updates)
@@ -807,7 +820,7 @@ class Engine:
         for group in customs:
             assert group.spec.compute is not None
             try:
-                value = group.spec.compute(self)
+                value = group.spec.compute(self._report_view(group.spec))
             except Exception:
                 log.exception("report %r failed; keeping its last value", group.spec.key)
                 continue
@@ -835,6 +848,16 @@ def _slot_add(index: dict, key: Hashable, live: _LiveResult) -> None:
             index[key] = {slot: None, live: None}
     else:
         slot[live] = None
+
+
+def _slot_rank(fields: dict[str, dict[Hashable, _Slot]], fk: tuple[str, Hashable]) -> tuple:
+    """How a new live result indexed under equality `fk` = (field, key) would fare: the
+    live results its slot holds already, then whether the field is new to the index."""
+    keyed = fields.get(fk[0])
+    if keyed is None:
+        return (0, 1)
+    slot = keyed.get(fk[1])
+    return (0 if slot is None else 1 if isinstance(slot, _LiveResult) else len(slot), 0)
 
 
 def _slot_remove(index: dict, key: Hashable, live: _LiveResult) -> None:

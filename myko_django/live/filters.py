@@ -407,7 +407,7 @@ class _Compiler:
 
 class _FieldCheck:
     """Equality on one field as a slotted object, a third of a closure's size: every
-    distinct live subscription keeps one (DESIGN.md: memory per subscription)."""
+    distinct live subscription keeps one (bench/memory.py measures that memory)."""
 
     __slots__ = ("field", "value")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from myko_django.live.filters import Filter
@@ -35,9 +36,9 @@ class SharedItems:
         self.cache: dict[Any, Any] = {}
 
     def wire(self) -> list[dict]:
-        """The `upserts` array of PROTOCOL §3.2, built anew on each call (not kept: the
-        wrapper dicts would double a kept snapshot's memory; the transport keeps the
-        encoded form in `cache`)."""
+        """The `upserts` array of a query response (docs/protocol.md, "Queries"), built
+        anew on each call (not kept: the wrapper dicts would double a kept snapshot's
+        memory; the transport keeps the encoded form in `cache`)."""
         t = self.item_type
         return [{"item": it, "itemType": t} for it in self.items]
 
@@ -62,7 +63,7 @@ class QueryUpdate:
     changes: list[dict] | None = None
 
     def to_wire(self) -> dict:
-        """The QueryResponse data dict of PROTOCOL §3.2."""
+        """The `data` of a query response (docs/protocol.md, "Queries")."""
         d: dict[str, Any] = {
             "tx": self.tx,
             "sequence": self.sequence,
@@ -91,7 +92,12 @@ Update = QueryUpdate | ReportUpdate
 
 @dataclass(frozen=True, eq=False)
 class ReportSpec:
-    """What a live report computes; subscriptions with the same `key` share one computation."""
+    """What a live report computes; subscriptions with the same `key` share one computation.
+
+    Row visibility: a by-id report's `flt` is the filter its item must match to be seen
+    (None: every row); a custom report's `visible` maps item types to the filter of the
+    rows its compute may see. Both are part of `key`, so users who see the same rows share
+    one report group and users who do not, do not."""
 
     kind: str  # "count" | "by_id" | "custom"
     key: Hashable
@@ -100,26 +106,44 @@ class ReportSpec:
     item_id: str | None = None
     item_types: tuple[str, ...] = ()
     compute: Callable[[ItemsView], Any] | None = None
+    visible: Mapping[str, Filter] | None = None
 
     @classmethod
     def count(cls, item_type: str, flt: Filter) -> ReportSpec:
-        """CountAllXs / CountXs: `{"count": n}`, kept by the shared live result of `flt`."""
+        """CountAllXs / CountXs: `{"count": n}`, kept by the shared live result of `flt`
+        (with row visibility, `filters.both(query, visible)`: only visible rows count)."""
         return cls("count", ("count", item_type, flt.key), item_type, flt, item_types=(item_type,))
 
     @classmethod
-    def by_id(cls, item_type: str, item_id: str) -> ReportSpec:
-        """GetXById: the wire item or None."""
-        return cls(
-            "by_id",
-            ("by_id", item_type, item_id),
-            item_type,
-            item_id=item_id,
-            item_types=(item_type,),
-        )
+    def by_id(cls, item_type: str, item_id: str, visible: Filter | None = None) -> ReportSpec:
+        """GetXById: the wire item while it exists and matches `visible` (None: every row
+        is visible), else None."""
+        key: Hashable = ("by_id", item_type, item_id)
+        if visible is not None:
+            key = (*key, visible.key)
+        return cls("by_id", key, item_type, visible, item_id=item_id, item_types=(item_type,))
 
     @classmethod
     def custom(
-        cls, key: Hashable, item_types: tuple[str, ...], compute: Callable[[ItemsView], Any]
+        cls,
+        key: Hashable,
+        item_types: tuple[str, ...],
+        compute: Callable[[ItemsView], Any],
+        visible: Mapping[str, Filter] | None = None,
     ) -> ReportSpec:
-        """A user report: recomputed when a batch touches `item_types`, sent when it changes."""
-        return cls("custom", ("custom", key), item_types=tuple(item_types), compute=compute)
+        """A user report: recomputed when a batch touches `item_types`, sent when it changes.
+
+        `visible`: per item type, the filter of the rows the user may see; `compute`'s
+        `view.items(t)` then holds only those (types without a filter: every row)."""
+        shown = {t: f for t, f in (visible or {}).items() if f is not None}
+        if not shown:
+            return cls("custom", ("custom", key), item_types=tuple(item_types), compute=compute)
+        # Item type names are unique, so sorting by them alone orders the pairs.
+        keys = tuple(sorted(((t, f.key) for t, f in shown.items()), key=lambda p: p[0]))
+        return cls(
+            "custom",
+            ("custom", key, ("visible", keys)),
+            item_types=tuple(item_types),
+            compute=compute,
+            visible=MappingProxyType(shown),
+        )

@@ -63,7 +63,7 @@ def write_transaction(
     The log's position counter stays locked from the append to the commit (append.py),
     so appending as each write happens would hold every other writer back for the rest
     of, say, a command's handler. Writes inside are captured as they happen and appended
-    together at the end (DESIGN.md "Positions")."""
+    together at the end (docs/architecture.md, "One change", step 2)."""
     with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
         owner = ctx.defer_using is None
         if owner:

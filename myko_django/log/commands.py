@@ -11,6 +11,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from myko_django import conf
+from myko_django.items import permissions
 from myko_django.items.errors import ItemError, OperationError
 from myko_django.items.operations import resolve_command
 from myko_django.items.registry import registry
@@ -51,23 +52,46 @@ class CommandContext:
         return None if row is None else it.encode(row)
 
     def set(self, item_type: str, item: dict) -> dict:
-        """SET: replace the whole item (create it if new); returns it as stored."""
+        """SET: replace the whole item (create it if new); returns it as stored.
+
+        As for a client: a key naming a field kept off the wire (`fields` / `exclude`) is
+        refused; an existing row keeps those fields' values, a new row gets their defaults.
+        To write such a field, use the model (`ctx.model(item_type)`)."""
         return apply(Change("SET", item_type, item), using=self.using)
 
     def set_many(self, item_type: str, items: list[dict]) -> int:
-        """SET many items of one type at once: far fewer queries than a loop of set()."""
+        """SET many items of one type at once: far fewer queries than a loop of set()
+        (the same rule for fields kept off the wire)."""
         return apply_sets(item_type, items, using=self.using)
 
-    def delete(self, item_type: str, item_id: str, *, missing_ok: bool = True) -> bool:
-        """DEL by id; a missing id is skipped, or `<Type> not found: <id>` if not missing_ok."""
+    def delete(
+        self, item_type: str, item_id: str, *, missing_ok: bool = True, visible_only: bool = False
+    ) -> bool:
+        """DEL by id; a missing id is skipped, or `<Type> not found: <id>` if not missing_ok.
+        `visible_only`: a row the command's user may not see counts as missing."""
+        guard = _visible_to(self.user) if visible_only else None
         return apply(
-            Change("DEL", item_type, {"id": item_id}), using=self.using, missing_ok=missing_ok
+            Change("DEL", item_type, {"id": item_id}),
+            using=self.using,
+            missing_ok=missing_ok,
+            guard=guard,
         )
 
     def run(self, command_id: str, **params: Any) -> Any:
         """Run another command inside this one's transaction (no idempotency record)."""
         handler = resolve_command(command_id)
         return handler.func(self, **handler.kwargs(params))
+
+
+def _visible_to(user: Any):
+    """A write-path guard that hides the rows `user` may not see (and checks nothing else:
+    the command's own permission already allowed it)."""
+
+    def guard(item_type, action: str, before: dict | None, after: dict | None) -> bool:
+        flt = item_type.visibility(user) if user is not permissions.SYSTEM else None
+        return flt is None or before is None or flt.matches(before)
+
+    return guard
 
 
 def _user_key(user: Any) -> str:
@@ -110,6 +134,8 @@ def run_command(
     """Run one command in one transaction; raise CommandError with the client's message."""
     try:
         handler = resolve_command(command_id)
+        item_type = registry.get(handler.item_type) if handler.item_type else None
+        permissions.check(user, handler.action, item_type, f"run {command_id}", handler.permission)
         kwargs = handler.kwargs(params)
     except OperationError as exc:
         raise CommandError(str(exc)) from None

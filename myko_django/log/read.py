@@ -47,12 +47,15 @@ def read(
 
 def _restore_floats(item_type: str, item: dict | None) -> dict | None:
     """jsonb stores numbers as numeric, so 1e16 comes back as an int: make floats floats
-    again, so events read from the log equal the ones published live."""
+    again, so events read from the log equal the ones published live. Keys of fields that
+    no longer travel (excluded since the event was logged) are dropped for the same reason."""
     if not item:
         return item
     known = registry.by_name.get(item_type)
     if known is None:
         return item
+    if not item.keys() <= known.wires:
+        item = {k: v for k, v in item.items() if k in known.wires}
     for codec in known.codecs:
         value = item.get(codec.wire)
         if codec.kind == "float" and type(value) is int:

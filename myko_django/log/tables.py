@@ -9,7 +9,8 @@ from django.db import models
 
 
 class Event(models.Model):
-    """One committed change of one item: the append-only log that is the truth (DESIGN.md)."""
+    """One committed change of one item: the append-only log that is the truth
+    (docs/architecture.md, "Words")."""
 
     SET = "SET"
     DEL = "DEL"
@@ -47,7 +48,8 @@ class Position(models.Model):
 
 
 class CommandResult(models.Model):
-    """The stored response of a committed command, for idempotent retries (PROTOCOL.md §5)."""
+    """The stored response of a committed command, for idempotent retries
+    (docs/protocol.md, "Commands")."""
 
     command_id = models.CharField(max_length=255)
     tx = models.CharField(max_length=255)
@@ -64,3 +66,21 @@ class CommandResult(models.Model):
             )
         ]
         indexes = [models.Index(fields=["created_at"], name="myko_command_age")]
+
+
+class Adoption(models.Model):
+    """An item type whose table rows are all in the log: its rows that predate its
+    registration were adopted (given a SET each) by `migrate` or `myko_resync`
+    (`myko_django.log.adoption`). A registered type without one is looked at again."""
+
+    item_type = models.CharField(max_length=100, primary_key=True)
+    adopted_at = models.DateTimeField()
+    events = models.BigIntegerField(default=0)  # SETs appended when adopted
+    source = models.CharField(max_length=50)
+
+    class Meta:
+        app_label = "myko_django"
+        db_table = "myko_adoption"
+
+    def __str__(self) -> str:
+        return f"{self.item_type} adopted {self.adopted_at:%Y-%m-%d %H:%M} by {self.source}"

@@ -3,14 +3,16 @@ transaction; the event log rows come from the capture of the ORM writes it makes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
 
 from myko_django.items.errors import ItemError
-from myko_django.items.registry import registry
+from myko_django.items.permissions import ADD, CHANGE, DELETE, SYSTEM, PermissionDenied, check
+from myko_django.items.registry import ItemType, registry
+from myko_django.live.filters import Filter
 from myko_django.log import django_internals
 from myko_django.log.capture import write_transaction
 
@@ -29,7 +31,8 @@ class NotFound(ItemError):
 
 
 def change_from_event(event: Any) -> Change:
-    """Validate the shape of a client MEvent (PROTOCOL.md §6); values are checked on apply."""
+    """Validate the shape of a client event (docs/protocol.md, "Events"); values are
+    checked on apply."""
     if not isinstance(event, dict):
         raise ItemError(f"An event must be an object, got {type(event).__name__}")
     change_type = event.get("changeType")
@@ -44,10 +47,23 @@ def change_from_event(event: Any) -> Change:
     return Change(change_type, item_type, item)
 
 
-def apply(change: Change, *, using: str = "default", missing_ok: bool = True) -> dict | bool:
+# A writer's check of one change: (item type, action, the row as stored or None, the row
+# as it would be or None) -> False when the row is hidden from that writer; it raises
+# PermissionDenied for what the writer may not do.
+Guard = Callable[[ItemType, str, dict | None, dict | None], bool]
+
+
+def apply(
+    change: Change,
+    *,
+    using: str = "default",
+    missing_ok: bool = True,
+    guard: Guard | None = None,
+) -> dict | bool:
     """Apply one change inside the caller's transaction.
 
-    SET returns the stored wire item; DEL returns whether the item existed.
+    SET returns the stored wire item; DEL returns whether the item existed (a row the
+    `guard` hides counts as missing).
     """
     item_type = registry.get(change.item_type)
     model = item_type.model
@@ -58,7 +74,14 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
     if django_internals.can_lock_rows(using):
         rows = rows.select_for_update()
     existing = rows.filter(pk=pk).first()
+    before = item_type.encode(existing) if guard is not None and existing is not None else None
     if change.change_type == "DEL":
+        if (
+            existing is not None
+            and guard is not None
+            and not guard(item_type, DELETE, before, None)
+        ):
+            existing = None  # hidden from this writer: as if it did not exist
         if existing is None:
             if missing_ok:
                 return False
@@ -66,6 +89,10 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
         existing.delete()
         return True
     instance = item_type.build(change.item, existing)
+    if guard is not None:
+        action = ADD if existing is None else CHANGE
+        if not guard(item_type, action, before, item_type.encode(instance)):
+            raise PermissionDenied(f"may not change {item_type.name} {change.item['id']}")
     try:
         if existing is None:
             # A savepoint: a concurrent writer may insert the same id first (FOR UPDATE
@@ -76,7 +103,8 @@ def apply(change: Change, *, using: str = "default", missing_ok: bool = True) ->
             instance.save(using=using, force_update=True)
     except IntegrityError as exc:
         if existing is None and rows.filter(pk=pk).exists():
-            return apply(change, using=using)  # lost the race: SET replaces what it wrote
+            # Lost the race: SET replaces what it wrote (checked again, now as a change).
+            return apply(change, using=using, guard=guard)
         raise ItemError(
             f"{item_type.name} {change.item['id']}: rejected by the database: {exc}".strip()
         ) from exc
@@ -151,7 +179,7 @@ def apply_batch(
 def apply_events(
     events: Sequence[Any],
     *,
-    user: Any = None,
+    user: Any = SYSTEM,
     tx: str | None = None,
     source_id: str | None = None,
     using: str = "default",
@@ -163,17 +191,40 @@ def apply_events(
     down); only when the database itself refuses an event is the batch redone with one
     savepoint each, so that event alone is dropped.
     """
+    guard = writer_guard(user)
     with write_transaction(tx, source_id, using) as ctx:
         try:
             with transaction.atomic(using=using):
-                rejected = _apply_each(events, using, savepoints=False)
+                rejected = _apply_each(events, using, guard, savepoints=False)
         except (DatabaseError, _Redo):
-            rejected = _apply_each(events, using, savepoints=True)
+            rejected = _apply_each(events, using, guard, savepoints=True)
     return ctx.last_position, rejected
 
 
+def writer_guard(user: Any) -> Guard | None:
+    """The checks of a client's writes: the permission for each action (add, change,
+    delete) and the rows the user may see (a hidden row cannot be changed or deleted, and
+    a write must leave the row visible to its writer). None for SYSTEM: no checks."""
+    if user is SYSTEM:
+        return None
+    visible: dict[str, Filter | None] = {}
+
+    def guard(item_type: ItemType, action: str, before: dict | None, after: dict | None) -> bool:
+        if item_type.name not in visible:
+            visible[item_type.name] = item_type.visibility(user)
+        flt = visible[item_type.name]
+        if before is not None and flt is not None and not flt.matches(before):
+            return False
+        check(user, action, item_type, f"{action} {item_type.plural}")
+        if after is not None and flt is not None and not flt.matches(after):
+            raise PermissionDenied(f"this {item_type.name} would be hidden from its writer")
+        return True
+
+    return guard
+
+
 def _apply_each(
-    events: Sequence[Any], using: str, *, savepoints: bool
+    events: Sequence[Any], using: str, guard: Guard | None, *, savepoints: bool
 ) -> list[tuple[int, Any, str]]:
     rejected: list[tuple[int, Any, str]] = []
     for index, event in enumerate(events):
@@ -181,9 +232,9 @@ def _apply_each(
             change = change_from_event(event)
             if savepoints:
                 with transaction.atomic(using=using):
-                    apply(change, using=using)
+                    apply(change, using=using, guard=guard)
             else:
-                apply(change, using=using)
+                apply(change, using=using, guard=guard)
         except DatabaseError as exc:
             if not savepoints:
                 raise

@@ -14,7 +14,8 @@ from myko_django.live.filters import Filter
 from myko_django.live.updates import ReportSpec
 from myko_django.log.commands import CommandError, run_command
 from myko_django.log.writepath import apply_events
-from myko_django.server.connection import CommandRejected
+from myko_django.server import authentication
+from myko_django.server.connection import CommandRejected, Limits
 from myko_django.server.hub import Hub
 from myko_django.version import __version__
 
@@ -22,8 +23,19 @@ STARTED_AT = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _run_command_as(token: Any, command_id: Any, request: Any, *, user: Any, **kwargs: Any) -> Any:
+    """On a database thread: a command whose request carries a non-empty `userToken`
+    (docs/protocol.md, "Users") runs as the user the authenticators find for it, and is
+    refused when they find none; without one (or with ""), as the connection's user."""
+    if isinstance(token, str) and token:
+        user = authentication.user_for_token(token)
+        if user is None:
+            raise CommandError("Permission denied: invalid userToken")
+    return run_command(command_id, request, user=user, **kwargs)
+
+
 class DatabaseBackend:
-    """One per process, shared by its connections."""
+    """The database side of the connections of one hub."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -31,6 +43,17 @@ class DatabaseBackend:
     @property
     def allow_client_events(self) -> bool:
         return bool(conf.get("ALLOW_CLIENT_EVENTS"))
+
+    @property
+    def limits(self) -> Limits:
+        """The MAX_* settings; a connection reads them once, when it opens."""
+        return Limits(
+            subscriptions=conf.get("MAX_SUBSCRIPTIONS"),
+            commands_in_flight=conf.get("MAX_COMMANDS_IN_FLIGHT"),
+            messages_per_second=conf.get("MAX_MESSAGES_PER_SECOND"),
+            batch_items=conf.get("MAX_BATCH_ITEMS"),
+            ids=conf.get("MAX_IDS"),
+        )
 
     def resolve_query(
         self, query_id: Any, item_type: Any, request: Any, user: Any
@@ -43,9 +66,10 @@ class DatabaseBackend:
     async def run_command(
         self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
     ) -> tuple[Any, int]:
+        token = request.get("userToken") if isinstance(request, dict) else None
         try:
             outcome = await self.hub.db(
-                run_command, command_id, request, tx=tx, user=user, source_id=source_id
+                _run_command_as, token, command_id, request, tx=tx, user=user, source_id=source_id
             )
         except CommandError as exc:
             raise CommandRejected(str(exc)) from None

@@ -1,4 +1,4 @@
-"""One connection's side of the myko protocol (PROTOCOL.md), without a socket.
+"""One connection's side of the myko protocol (docs/protocol.md), without a socket.
 
 The endpoint hands it frames and gives it a `send(frame)` callable; everything else
 (format switching, subscriptions, the command queue, bad input) happens here. What needs
@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import sys
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +36,13 @@ _KINDS = {
     ev.VIEW: ("view", "viewId", "viewItemType", ev.VIEW_RESPONSE, ev.VIEW_ERROR),
 }
 
+# Requests with an error reply: event -> (request key, id key, error event).
+_REQUESTS = {
+    **{event: (key, id_key, error) for event, (key, id_key, _, _, error) in _KINDS.items()},
+    ev.REPORT: ("report", "reportId", ev.REPORT_ERROR),
+    ev.COMMAND: ("command", "commandId", ev.COMMAND_ERROR),
+}
+
 Frame = str | bytes
 
 
@@ -42,11 +50,35 @@ class CommandRejected(Exception):
     """A command that failed; its message goes to the client as ws:m:command-error."""
 
 
+CLOSE_POLICY = 1008  # sustained abuse of the limits (docs/protocol.md, "Limits")
+
+# Sustained abuse: refused messages (over any limit) add up to this many seconds' worth of
+# MAX_MESSAGES_PER_SECOND, and are forgiven at 1/ABUSE_SECONDS of that rate per second. A
+# client sending at twice the rate is closed after about 12 s (its first second is the
+# bucket's burst), at 11 times after about 1 s, at 1.1 times never; one that backs off after
+# its error replies is never closed.
+ABUSE_SECONDS = 10
+_CANCELS = frozenset({ev.QUERY_CANCEL, ev.VIEW_CANCEL, ev.REPORT_CANCEL})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection abuse limits (the MYKO settings MAX_*; server/backend.py reads them).
+    The defaults here are the settings' defaults."""
+
+    subscriptions: int = 10_000  # live queries, views and reports
+    commands_in_flight: int = 1_000  # commands, events and event batches waiting or running
+    messages_per_second: int = 5_000  # sustained; bursts up to the same number
+    batch_items: int = 10_000  # events in one ws:m:event-batch
+    ids: int = 10_000  # in one "ids" parameter or one "in" filter's value
+
+
 class Backend(Protocol):
     """The database side of a connection. Resolving names is quick and runs on the loop;
     commands and events are awaited (the real backend runs them on the hub's pool)."""
 
     allow_client_events: bool
+    limits: Limits
 
     def resolve_query(
         self, query_id: Any, item_type: Any, request: Any, user: Any
@@ -105,6 +137,7 @@ class Connection:
         *,
         user: Any = None,
         address: tuple[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = f"c{next(_ids)}"
         self.hub = hub
@@ -123,7 +156,18 @@ class Connection:
         self._loads: set[asyncio.Task] = set()
         self.bad_frames = 0
         self.benchmarks = 0
-        self._work: asyncio.Queue = asyncio.Queue()
+        # Abuse limits: messages refused by a limit, the rate's token bucket, refusals not
+        # yet forgiven, and the close code the endpoint closes with once they are too many.
+        self.limits: Limits = backend.limits
+        self.limited = 0
+        self.close_code: int | None = None
+        self._clock = clock
+        self._tokens = float(self.limits.messages_per_second)
+        self._refilled = self._strikes_at = clock()
+        self._strikes = 0.0
+        self._warned_at: float | None = None
+        self._in_flight = 0  # commands and events queued or running
+        self._work: asyncio.Queue = asyncio.Queue(self.limits.commands_in_flight)
         self._worker = asyncio.get_running_loop().create_task(self._run_work())
         hub.attach(self, self._deliver)
 
@@ -202,7 +246,12 @@ class Connection:
     # ---- incoming -------------------------------------------------------------------
 
     async def receive_text(self, text: str) -> None:
+        if self.close_code is not None:
+            return  # closing for abuse: nothing more is read
+        admitted = self._admit()
         if text == ev.SWITCH_TEXT:
+            if not admitted:
+                return self._refuse(None, self._rate_exceeded())
             self.send_frame(ev.SWITCH_REPLY)
             self.fmt = self.binary_fmt or codecs.MSGPACK
             self.binary_fmt = self.binary_fmt or codecs.MSGPACK
@@ -210,23 +259,34 @@ class Connection:
         try:
             message = codecs.decode_text(text)
         except codecs.WireError as exc:
-            return self._bad(str(exc))
-        await self._handle_safely(message)
+            return self._bad(str(exc)) if admitted else self._refuse(None, self._rate_exceeded())
+        await self._receive(message, admitted)
 
     async def receive_bytes(self, data: bytes) -> None:
+        if self.close_code is not None:
+            return
+        admitted = self._admit()
         try:
             fmt = self.binary_fmt or codecs.detect_binary(data)
             message = codecs.decode_binary(data, fmt)
         except codecs.WireError as exc:
-            return self._bad(str(exc))
+            return self._bad(str(exc)) if admitted else self._refuse(None, self._rate_exceeded())
         if self.binary_fmt is None:
             self.binary_fmt = fmt
         self.fmt = self.binary_fmt
-        await self._handle_safely(message)
+        await self._receive(message, admitted)
+
+    async def _receive(self, message: Any, admitted: bool) -> None:
+        """A decoded message; one over the message rate gets its error reply instead, except
+        a cancel, which only releases and is applied anyway."""
+        if admitted or (isinstance(message, dict) and message.get("event") in _CANCELS):
+            await self._handle_safely(message)
+        else:
+            self._refuse(message, self._rate_exceeded())
 
     async def _handle_safely(self, message: Any) -> None:
         """A message that breaks something unforeseen costs that message, not the
-        connection (PROTOCOL.md §8)."""
+        connection (docs/protocol.md, "Bad input")."""
         try:
             await self.handle(message)
         except Exception as exc:
@@ -241,12 +301,17 @@ class Connection:
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
             return self._bad("not an envelope {event, data}")
         event, data = message["event"], message.get("data")
+        refusal = self._over_limit(event, data)
+        if refusal is not None:
+            return self._refuse(message, refusal)
         if event in _KINDS:
             return await self._subscribe(event, data)
         if event == ev.REPORT:
             return await self._report(data)
         if event in (ev.COMMAND, ev.EVENT, ev.EVENT_BATCH):
-            return self._work.put_nowait((event, data))
+            self._work.put_nowait((event, data))  # bounded: _over_limit refused it if full
+            self._in_flight += 1
+            return
         if event in (ev.QUERY_CANCEL, ev.VIEW_CANCEL, ev.REPORT_CANCEL):
             tx = data.get("tx") if isinstance(data, dict) else None
             if not isinstance(tx, str):
@@ -265,6 +330,131 @@ class Connection:
         if event in ev.SERVER_TO_CLIENT:
             return self._bad(f"{event} is sent by servers, not clients")
         return self._bad(f"unknown event {event!r:.60}")
+
+    # ---- abuse limits (docs/protocol.md, "Limits") -----------------------------------
+
+    def _admit(self) -> bool:
+        """Take a token from the message-rate bucket (refilled at MAX_MESSAGES_PER_SECOND
+        per second, holding as many); False when it is empty."""
+        rate = self.limits.messages_per_second
+        now = self._clock()
+        self._tokens = min(float(rate), self._tokens + max(0.0, now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def _rate_exceeded(self) -> str:
+        return (
+            f"Limit exceeded: more than {self.limits.messages_per_second} messages per second "
+            "on this connection (MAX_MESSAGES_PER_SECOND); send more slowly"
+        )
+
+    def _over_limit(self, event: str, data: Any) -> str | None:
+        """Why a message within the rate is refused by another limit, or None."""
+        limits = self.limits
+        if event in (ev.COMMAND, ev.EVENT, ev.EVENT_BATCH):
+            if event == ev.EVENT_BATCH and isinstance(data, list):
+                if len(data) > limits.batch_items:
+                    return (
+                        f"Limit exceeded: an event batch of {len(data)} events, over "
+                        f"{limits.batch_items} (MAX_BATCH_ITEMS); none was applied, send "
+                        "it in parts"
+                    )
+            if self._in_flight >= limits.commands_in_flight:
+                return (
+                    f"Limit exceeded: {limits.commands_in_flight} commands and events already "
+                    "waiting or running on this connection (MAX_COMMANDS_IN_FLIGHT); wait "
+                    "for their responses"
+                )
+        shape = _REQUESTS.get(event)
+        request = data.get(shape[0]) if shape is not None and isinstance(data, dict) else None
+        if not isinstance(request, dict):
+            return None
+        tx = request.get("tx")
+        if not isinstance(tx, str):
+            return None  # its handler says what is wrong
+        if event in _KINDS and tx in self.kinds:
+            return None  # a duplicate subscribe: _subscribe ignores it
+        if (
+            event != ev.COMMAND
+            and tx not in self.requests
+            and self._subscription_count() >= limits.subscriptions
+        ):
+            return (
+                f"Limit exceeded: {limits.subscriptions} live subscriptions on this "
+                "connection (MAX_SUBSCRIPTIONS); cancel one first"
+            )
+        return self._too_many_ids(request)
+
+    def _subscription_count(self) -> int:
+        """Queries and views (each in `kinds`, `requests` and `op_ids`), reports (in
+        `requests` only) and answered GetConnectedServer/GetPeerServers (in `kinds` only,
+        until cancelled)."""
+        return len(self.kinds) + len(self.requests) - len(self.op_ids)
+
+    def _too_many_ids(self, request: dict) -> str | None:
+        """MAX_IDS: an "ids" list (GetXsByIds, DeleteXs, any command's) or the value of an
+        "in" filter, checked before anything resolves the request."""
+        most = self.limits.ids
+        ids = request.get("ids")
+        if isinstance(ids, list) and len(ids) > most:
+            return f'Limit exceeded: {len(ids)} ids in "ids", over {most} (MAX_IDS); ask in parts'
+        for field, value in request.items():
+            if isinstance(value, dict) and value.get("kind") == "in":
+                values = value.get("value")
+                if isinstance(values, list) and len(values) > most:
+                    return (
+                        f'Limit exceeded: {len(values)} values in the "in" filter of '
+                        f'"{str(field):.60}", over {most} (MAX_IDS); ask in parts'
+                    )
+        return None
+
+    def _refuse(self, message: Any, reason: str) -> None:
+        """A message refused by a limit: counted, answered with its error response where it
+        has one (a ping, a benchmark or a frame that does not decode gets nothing), and
+        once refusals add up to sustained abuse the connection is to close (close_code)."""
+        self.limited += 1
+        now, rate = self._clock(), self.limits.messages_per_second
+        forgiven = max(0.0, now - self._strikes_at) * rate / ABUSE_SECONDS
+        self._strikes = max(0.0, self._strikes - forgiven) + 1
+        self._strikes_at = now
+        if self._warned_at is None or now - self._warned_at >= ABUSE_SECONDS:
+            self._warned_at = now  # one line per ABUSE_SECONDS, not one per refusal
+            logger.warning("myko: connection %s: %s (%d so far)", self.id, reason, self.limited)
+        if self._strikes > rate * ABUSE_SECONDS and self.close_code is None:
+            logger.warning(
+                "myko: connection %s: closing (%d) after %d refused messages",
+                self.id,
+                CLOSE_POLICY,
+                self.limited,
+            )
+            self.close_code = CLOSE_POLICY
+        if not isinstance(message, dict):
+            return
+        event, data = message.get("event"), message.get("data")
+        if event == ev.EVENT:
+            return self._event_error(data, reason)
+        if event == ev.EVENT_BATCH:  # one error for the batch, not one per event
+            return self._event_error(None, reason)
+        if event in (ev.QUERY_WINDOW, ev.VIEW_WINDOW):
+            tx = data.get("tx") if isinstance(data, dict) else None
+            kind = "view" if event == ev.VIEW_WINDOW else "query"
+            if isinstance(tx, str):
+                self.send(
+                    f"ws:m:{kind}-error",
+                    {"tx": tx, f"{kind}Id": self.op_ids.get(tx), "message": reason},
+                )
+            return
+        shape = _REQUESTS.get(event)
+        if shape is None or not isinstance(data, dict):
+            return
+        key, id_key, error = shape
+        request = data.get(key)
+        tx = request.get("tx") if isinstance(request, dict) else None
+        if isinstance(tx, str):
+            self.send(error, {"tx": tx, id_key: data.get(id_key), "message": reason})
 
     # ---- queries, views, reports ------------------------------------------------------
 
@@ -422,6 +612,8 @@ class Connection:
                 raise
             except Exception:
                 logger.exception("myko: connection %s: %s failed", self.id, event)
+            finally:
+                self._in_flight -= 1
 
     async def _command(self, data: Any) -> None:
         request = data.get("command") if isinstance(data, dict) else None
@@ -439,7 +631,8 @@ class Connection:
             return self.send(
                 ev.COMMAND_ERROR, {"tx": tx, "commandId": command_id, "message": str(exc)}
             )
-        # Updates first (PROTOCOL §3.4), also to subscriptions whose snapshot is still loading.
+        # Updates first (docs/protocol.md, "Read-your-writes"), also to subscriptions whose
+        # snapshot is still loading.
         await self.hub.catch_up(position)
         if self._loads:
             await asyncio.wait(list(self._loads))

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from myko_django import conf
+from myko_django.server import authentication
 from myko_django.server.backend import DatabaseBackend
 from myko_django.server.connection import Connection
 from myko_django.server.hub import get_hub
@@ -44,15 +45,18 @@ class MykoConsumer:
         if message["type"] != "websocket.connect":
             return
         hub = await get_hub()
+        identity = await authentication.identify(hub, scope)  # MYKO["AUTHENTICATORS"]
         outbox = Outbox(send)
         connection = Connection(
             hub,
             DatabaseBackend(hub),
             outbox.put,
-            user=scope.get("user"),
+            user=identity.user,
             address=tuple(scope.get("server") or ("", 0)),
         )
         await send({"type": "websocket.accept"})
+        watcher = authentication.watcher(hub)
+        watcher.watch(connection, identity)  # its user is rechecked while it is open
         limit = conf.get("MAX_MESSAGE_SIZE")
         try:
             while True:
@@ -77,7 +81,11 @@ class MykoConsumer:
                     await connection.receive_text(text)
                 elif data is not None:
                     await connection.receive_bytes(data)
+                if connection.close_code is not None:  # sustained abuse of the limits
+                    await send({"type": "websocket.close", "code": connection.close_code})
+                    break
         finally:
+            watcher.forget(connection)
             await connection.close()
             outbox.close()
 
@@ -194,8 +202,9 @@ def _size(text: str | None, data: bytes | None) -> int:
 
 
 class OriginValidator:
-    """PROTOCOL.md §1: no Origin header passes (non-browser clients); an Origin must match
-    ALLOWED_HOSTS. Channels' AllowedHostsOriginValidator would refuse the former."""
+    """docs/protocol.md, "Connecting": no Origin header passes (non-browser clients); an
+    Origin must match ALLOWED_HOSTS. Channels' AllowedHostsOriginValidator would refuse
+    the former."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

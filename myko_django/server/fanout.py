@@ -1,7 +1,8 @@
 """Fan-out encoding: one query response per subscriber, the costly part encoded once.
 
 A live result's items are encoded once per format and spliced into every subscriber's
-message, with everything else but `tx` and `sequence` (DESIGN.md invariant 5).
+message, with everything else but `tx` and `sequence` (docs/architecture.md, "One
+change", step 5).
 """
 
 from __future__ import annotations

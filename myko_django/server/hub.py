@@ -2,7 +2,7 @@
 
 It is the process's only member of the channel layer (the doorbell), takes what commits
 here, repairs gaps and polls from the log, feeds the engine on the event loop and routes
-its updates to connections. DESIGN.md "Threads": commands, store loads and log reads must
+its updates to connections. Commands, store loads and log reads must
 not queue behind each other on Channels' single sync thread, so they run on the hub's
 own database threads; committed events come back with `call_soon_threadsafe`, and the
 engine is touched only on the loop.
@@ -157,8 +157,8 @@ class Hub:
         """Take events (from this process's commits or the doorbell) and apply them in the
         next flush: everything that arrives while the loop is busy (sending the previous
         batch's frames) is applied together, so each subscription gets one message per
-        flush however many commits it covers (DESIGN.md inv. 3), and an overloaded worker
-        sends fewer, fuller messages instead of falling further behind."""
+        flush however many commits it covers (with the latest state of each item), and an
+        overloaded worker sends fewer, fuller messages instead of falling further behind."""
         self._inbox.extend(events)
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -1,4 +1,4 @@
-"""Frames <-> messages: JSON text, MessagePack or CBOR binary (PROTOCOL.md §1).
+"""Frames <-> messages: JSON text, MessagePack or CBOR binary (docs/protocol.md, "Formats").
 
 Decoding refuses what JSON could not carry, so every format means the same messages.
 The small byte-level encoders at the end let the server splice pre-encoded parts

@@ -1,6 +1,6 @@
 """The myko envelope `{event, data}`: event names, keys that are never parameters, and
-the window a client may put on a query (PROTOCOL.md §2-§3). One definition for the
-server and the client."""
+the window a client may put on a query (docs/protocol.md, "Envelope" and "Windows"). One
+definition for the server and the client."""
 
 from __future__ import annotations
 

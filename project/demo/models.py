@@ -1,5 +1,7 @@
-"""The demo items of the myko docs: Scenes holding Targets."""
+"""The demo items of the myko docs: Scenes holding Targets (open to anyone, see settings),
+and Notes, each visible to its owner only."""
 
+from django.conf import settings
 from django.db import models
 
 from myko_django.models import Item
@@ -19,3 +21,23 @@ class Target(Item):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Note(Item):
+    """A signed-in user's own note: others never see it. Who may add, change and delete
+    Notes: any signed-in user (the library's default would ask for Django's model
+    permissions); which ones: their own (`myko_visible_to`)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    text = models.TextField(blank=True)
+
+    myko_permission = "myko_django.permissions.IsAuthenticated"
+
+    @classmethod
+    def myko_visible_to(cls, user) -> dict:
+        if not getattr(user, "is_authenticated", False):
+            return {"id": {"kind": "in", "value": []}}  # nothing
+        return {"ownerId": str(user.pk)}
+
+    def __str__(self) -> str:
+        return self.text[:50]

@@ -1,9 +1,10 @@
-"""Bad input (PROTOCOL.md §8): ignored or answered with the matching *-error, never fatal.
+"""Bad input (docs/protocol.md, "Bad input"): ignored or answered with the matching
+*-error, never fatal.
 
 After every bad input the same connection must still answer a ping and its existing
 subscription must still receive updates. Each test runs in JSON and in MessagePack; in
 MessagePack mode every well-formed frame the client sends is binary, and text frames are
-still JSON (§1).
+still JSON (docs/protocol.md, "Formats").
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def q(tx: Any = ..., **data: Any) -> dict:
 
 # Each case: (name, what to send, expected). Expected None: nothing at all; an event name:
 # exactly that error message with {tx} of the bad message; "maybe:<event>": that reply is
-# allowed but not required (§8 asks for it only where a usable tx exists).
+# allowed but not required ("Bad input" asks for it only where a usable tx exists).
 IGNORED = None
 
 
@@ -497,11 +498,11 @@ async def test_event_batch_with_one_bad_event_commits_the_others(watched):
     await watched.healthy("a batch with a bad event")
 
 
-# ---- frame size (§1) ------------------------------------------------------------------
+# ---- frame size (Connecting) ----------------------------------------------------------
 
 
 async def test_frame_over_the_size_limit_closes_with_1009(asgi_app, fmt, settings):
-    settings.MYKO = {"MAX_MESSAGE_SIZE": 1024}
+    settings.MYKO = {**settings.MYKO, "MAX_MESSAGE_SIZE": 1024}
     bystander = await WsClient.asgi(asgi_app, fmt)
     tx, _ = await bystander.subscribe("GetAllTargets", "Target")
     watched = Watched(bystander, tx)
@@ -522,7 +523,7 @@ async def test_frame_over_the_size_limit_closes_with_1009(asgi_app, fmt, setting
 
 
 async def test_multibyte_text_frame_over_the_byte_limit_closes_with_1009(asgi_app, fmt, settings):
-    settings.MYKO = {"MAX_MESSAGE_SIZE": 1024}
+    settings.MYKO = {**settings.MYKO, "MAX_MESSAGE_SIZE": 1024}
     c = await WsClient.asgi(asgi_app, fmt)
     text = json.dumps(env("ws:m:ping", {"id": "é" * 600}), ensure_ascii=False)
     assert len(text) < 1024 < len(text.encode())
@@ -561,7 +562,7 @@ async def test_lone_surrogate_in_a_text_frame_does_not_kill_the_connection(watch
 
 async def test_lone_surrogate_escape_makes_the_frame_undecodable(watched):
     """A lone surrogate is not Unicode: no database or socket can take it, so the frame is
-    refused as undecodable (PROTOCOL.md §8) and nothing of it is written."""
+    refused as undecodable (docs/protocol.md, "Bad input") and nothing of it is written."""
     await watched.c.send_raw(
         '{"event":"ws:m:event-batch","data":['
         '{"changeType":"SET","itemType":"Target","item":{"id":"ok","name":"fine"}},'

@@ -1,8 +1,9 @@
-"""Conformance of the WebSocket protocol (PROTOCOL.md §1-§7 and the checklist of §9).
+"""Conformance of the WebSocket protocol to docs/protocol.md (section comments name its
+sections).
 
 Every test talks to the project's real ASGI application (origin check, auth middleware,
 router, consumer, runtime, database) through Channels' WebsocketCommunicator; nothing is
-mocked. Each test runs once in JSON and once in MessagePack (§9.10) through the
+mocked. Each test runs once in JSON and once in MessagePack through the
 `client` fixture (tests/support/wsclient.py).
 """
 
@@ -20,7 +21,7 @@ from tests.support.wsclient import AsgiTransport, WsClient, new_tx
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-# ---- §1 transport -------------------------------------------------------------------
+# ---- Connecting ---------------------------------------------------------------------
 
 
 async def test_endpoint_paths_and_origin(asgi_app, fmt):
@@ -40,7 +41,7 @@ async def test_endpoint_paths_and_origin(asgi_app, fmt):
             await c.close()
 
 
-# ---- §9.1, §9.2 subscribe, SET, DEL -----------------------------------------------------
+# ---- Queries: subscribe, SET, DEL -------------------------------------------------------
 
 
 async def test_empty_subscribe_gives_exactly_one_empty_snapshot(client):
@@ -123,7 +124,7 @@ async def test_changes_outside_the_query_send_nothing(client):
     assert (left["sequence"], left["upserts"], left["deletes"]) == (2, [], ["y1"])
 
 
-# ---- §9.3 duplicates and cancels --------------------------------------------------------
+# ---- Queries: duplicates and cancels ----------------------------------------------------
 
 
 async def test_duplicate_subscribe_with_active_tx_is_ignored(client):
@@ -175,7 +176,7 @@ async def test_cancel_and_window_of_unknown_tx_send_nothing(client):
     await client.ping()
 
 
-# ---- §9.4 windows -----------------------------------------------------------------------
+# ---- Windows ----------------------------------------------------------------------------
 
 
 def window_order(ids: list[str], total: int, window: dict) -> list[dict]:
@@ -261,7 +262,7 @@ async def test_window_past_the_end_and_window_added_later(client):
     assert data["changes"] == window_order(["b"], 3, w2)
 
 
-# ---- §9.5 commands ----------------------------------------------------------------------
+# ---- Commands ---------------------------------------------------------------------------
 
 
 async def test_command_success_response_and_tx_echo(client):
@@ -373,7 +374,7 @@ async def test_read_your_writes_updates_arrive_before_command_response(client):
 
 async def test_command_response_waits_for_a_snapshot_still_loading(client):
     """Subscribe to a cold type and command at once: the snapshot (with the command's write
-    or followed by it) comes before the command-response (PROTOCOL.md §3.4)."""
+    or followed by it) comes before the command-response (docs/protocol.md, "Read-your-writes")."""
     q = await client.query("GetAllGadgets", "Gadget")
     tx = await client.command("MakeGadgets", {"labels": ["a"]})
     seen: list[dict] = []
@@ -402,7 +403,7 @@ async def test_commands_run_in_order_while_pings_and_cancels_are_not_held_up(cli
     await client.barrier()
 
 
-# ---- §9.6 ping and benchmark ------------------------------------------------------------
+# ---- Envelope: ping and benchmark -------------------------------------------------------
 
 
 async def test_ping_echoed_unchanged_and_benchmark_unanswered(client):
@@ -415,7 +416,7 @@ async def test_ping_echoed_unchanged_and_benchmark_unanswered(client):
     await client.ping()
 
 
-# ---- §9.7 malformed frames --------------------------------------------------------------
+# ---- Bad input: malformed frames --------------------------------------------------------
 
 
 async def test_malformed_frame_is_ignored_and_connection_keeps_working(client):
@@ -429,7 +430,7 @@ async def test_malformed_frame_is_ignored_and_connection_keeps_working(client):
     await client.ping()
 
 
-# ---- §9.8 formats -----------------------------------------------------------------------
+# ---- Formats ----------------------------------------------------------------------------
 
 
 def unpack(frame: str | bytes) -> dict:
@@ -510,7 +511,7 @@ async def test_cbor_first_binary_frame_fixes_cbor(asgi_app):
     await c.close()
 
 
-# ---- §9.9 reports -----------------------------------------------------------------------
+# ---- Reports ----------------------------------------------------------------------------
 
 
 async def test_count_all_report_sends_only_on_change(client):
@@ -599,7 +600,7 @@ async def test_report_errors(client):
     await client.ping()
 
 
-# ---- §3.1 query errors, §7 derived queries and built-ins ----------------------------------
+# ---- Queries: errors; Derived operations; Server queries ----------------------------------
 
 
 async def test_query_errors(client):
@@ -779,7 +780,7 @@ async def test_single_invalid_event_gets_event_error(client):
     assert await count_rows("demo.Target") == 0
 
 
-# ---- §2 unknown keys ------------------------------------------------------------------------
+# ---- Envelope: unknown keys -----------------------------------------------------------------
 
 
 async def test_unknown_keys_are_ignored(client):
@@ -817,7 +818,8 @@ async def test_unknown_keys_are_ignored(client):
     await client.send(
         "ws:m:command",
         {
-            "command": {"tx": c, "labels": ["u"], "bogus": {"deep": [1]}, "userToken": "t"},
+            # (A userToken is authenticated: tests/system/test_authentication.py.)
+            "command": {"tx": c, "labels": ["u"], "bogus": {"deep": [1]}},
             "commandId": "MakeGadgets",
             "serviceId": "svc",
         },

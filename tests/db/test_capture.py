@@ -1,4 +1,5 @@
-"""Every ORM write path to an item model appends exactly the right events (DESIGN.md inv. 1-2)."""
+"""Every ORM write path to an item model appends exactly the right events
+(README, "The event log")."""
 
 import pytest
 from django.db import NotSupportedError, connection, transaction

@@ -21,6 +21,7 @@ from myko_django import conf
 from myko_django.items import operations
 from myko_django.items.registry import ItemType, registry
 from myko_django.log.commands import CommandError, run_command
+from myko_django.permissions import AllowAny
 from project.demo.models import Target
 from tests.testapp.models import Gadget, Note
 
@@ -242,10 +243,10 @@ def test_registering_the_same_function_again_is_not_a_duplicate(register):
 
 def test_unregister_brings_the_derived_operation_back(register):
     register("query", "GetAllGadgets", labelled_a, item="Gadget")
-    assert operations.resolve_query("GetAllGadgets", None, {})[1].key[0] != "all"
+    assert operations.resolve_query("GetAllGadgets", None, {}, None)[1].key[0] != "all"
     assert operations.unregister("query", "GetAllGadgets").func is labelled_a
     assert operations.unregister("query", "GetAllGadgets") is None
-    item_type, flt = operations.resolve_query("GetAllGadgets", None, {})
+    item_type, flt = operations.resolve_query("GetAllGadgets", None, {}, None)
     assert (item_type, flt.matches({"id": "x", "label": "b"})) == ("Gadget", True)
 
 
@@ -257,7 +258,7 @@ def test_a_user_query_replaces_the_derived_one(register):
         return {"label": "a"}
 
     register("query", "GetAllGadgets", only_a, item=Gadget)
-    item_type, flt = operations.resolve_query("GetAllGadgets", "Gadget", {"tx": "t"})
+    item_type, flt = operations.resolve_query("GetAllGadgets", "Gadget", {"tx": "t"}, None)
     assert (item_type, calls) == ("Gadget", [""])
     assert flt.matches({"id": "1", "label": "a"}) and not flt.matches({"id": "2", "label": "b"})
     [info] = myko_checks.check_operations()
@@ -276,7 +277,7 @@ def test_a_user_query_replaces_the_derived_one(register):
 
 def test_a_user_report_replaces_the_derived_one(register):
     register("report", "CountAllGadgets", lambda view: {"count": -1}, depends=["Gadget"])
-    spec = operations.resolve_report("CountAllGadgets", {})
+    spec = operations.resolve_report("CountAllGadgets", {}, None)
     assert spec.kind == "custom"
     assert spec.compute(None) == {"count": -1}
     [info] = myko_checks.check_operations()
@@ -304,7 +305,7 @@ def test_the_replaced_command_is_what_runs(register):
     def delete_target(ctx, *, id: str) -> dict:
         raise ValueError(f"Target {id} is protected")
 
-    register("command", "DeleteTarget", delete_target)
+    register("command", "DeleteTarget", delete_target, permission=AllowAny)
     with pytest.raises(CommandError, match="is protected"):
         run_command("DeleteTarget", {"id": target.pk}, tx="t1")
     assert Target.objects.filter(pk=target.pk).exists()

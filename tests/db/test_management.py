@@ -244,7 +244,8 @@ def test_rebuild_restores_tables_exactly_without_appending(page_size: int):
     )
     assert snapshot() != before
 
-    out = run("myko_rebuild")
+    # The raw inserts were never logged: kept by default (tests/db/test_adoption.py).
+    out = run("myko_rebuild", "--delete-unlogged")
 
     assert snapshot() == before
     assert log() == events

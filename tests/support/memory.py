@@ -8,8 +8,9 @@ and is tested against a database elsewhere.
 - `MemoryDatabase`: item tables (id -> wire item) and the event log (CommittedEvent with
   gap-free positions); a commit writes both at once and tells its listeners afterwards,
   as `log.publish` does after a real commit.
-- `MemoryBackend`: the `Backend` protocol: the derived operations of PROTOCOL.md §7 for
-  the item types below, a few test commands, and client events checked strictly.
+- `MemoryBackend`: the `Backend` protocol: the derived operations (docs/protocol.md,
+  "Derived operations") of the item types below, a few test commands, and client events
+  checked strictly.
 - `MemoryHub`: the `Hub` protocol on a real `Engine` + `Sequencer`. Commits reach it on
   a later loop turn (like the real hub's inbox and flush), or with `push=False` only
   through the log (a silent doorbell): `catch_up` and `ensure_store` read the log with
@@ -29,7 +30,7 @@ from myko_django.live.engine import Engine
 from myko_django.live.filters import Filter, FilterError, ItemSchema, compile_filter, filter_for_ids
 from myko_django.live.sequencer import LogRead, Sequencer, Snapshot, run_sync
 from myko_django.live.updates import ReportSpec, Update
-from myko_django.server.connection import CommandRejected
+from myko_django.server.connection import CommandRejected, Limits
 from myko_django.wire.envelope import RESERVED_KEYS
 
 REQUIRED = object()
@@ -237,9 +238,10 @@ SERVER = {"id": "memory-1", "version": "0.0.0", "startedAt": "2024-01-01T00:00:0
 class MemoryBackend:
     """The database side of connections, in memory (server/backend.py's twin)."""
 
-    def __init__(self, db: MemoryDatabase) -> None:
+    def __init__(self, db: MemoryDatabase, limits: Limits | None = None) -> None:
         self.db = db
         self.allow_client_events = True
+        self.limits = limits or Limits()  # read by each connection when it opens
         self.peers: list[dict] = []
         # Set to an unset asyncio.Event to hold commands (in arrival order) until it is set.
         self.command_gate: asyncio.Event | None = None

@@ -1,5 +1,6 @@
-"""Bad input (PROTOCOL.md §8) over a real socket to a real daphne: garbage frames never
-break the connection or the worker (the in-process cases are in tests/asgi/test_bad_input.py)."""
+"""Bad input (docs/protocol.md, "Bad input") over a real socket to a real daphne: garbage
+frames never break the connection or the worker (the in-process cases are in
+tests/asgi/test_bad_input.py)."""
 
 import contextlib
 import json

@@ -1,4 +1,4 @@
-"""Commit order = position order, across processes (DESIGN.md invariant 3): a reader
+"""Commit order = position order, across processes: a reader
 tailing the log never sees position N+1 and later finds N committed."""
 
 import os

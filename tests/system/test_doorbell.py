@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 def slow_poll(settings):
     if not os.environ.get("REDIS_URL"):
         pytest.fail("this test needs REDIS_URL (bin/test sets it): the doorbell is Redis")
-    settings.MYKO = {"POLL_INTERVAL": 60.0}
+    settings.MYKO = {**settings.MYKO, "POLL_INTERVAL": 60.0}
     yield
     hub.reset()
 

@@ -1,5 +1,5 @@
 """Several daphne workers through channels-redis: a write on one worker reaches
-subscribers on every worker, in order, exactly once (DESIGN.md invariant 3)."""
+subscribers on every worker, in order, exactly once."""
 
 import asyncio
 import os
@@ -338,7 +338,7 @@ async def test_python_client_reconnects_to_another_worker_with_a_fresh_snapshot(
 async def test_many_idle_connections_survive_a_quiet_period_then_all_get_the_update(
     daphne_workers,
 ):
-    """DESIGN.md: channels-redis once closed idle consumers (1011) when its blocking read
+    """channels-redis once closed idle consumers (1011) when its blocking read
     outlasted Redis' socket timeout (5 s), and capped its pool at 100 connections. Here 300
     connections sit idle past that timeout, then one write from another worker reaches all."""
     writer_worker, reader_worker = daphne_workers(

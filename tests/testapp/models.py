@@ -72,3 +72,39 @@ class ShinyGadget(Gadget):
 
     class Meta:
         proxy = True
+
+
+def new_api_token() -> str:
+    return "tok-default"
+
+
+@myko_django.register(name="Account", exclude=["api_token", "avatar", "referrer"])
+class Account(models.Model):
+    """An existing model with a secret, a file and a foreign key kept off the wire."""
+
+    name = models.CharField(max_length=40)
+    api_token = models.CharField(max_length=64, default=new_api_token)
+    avatar = models.FileField(upload_to="avatars/", blank=True)
+    referrer = models.ForeignKey("self", null=True, on_delete=models.SET_NULL, related_name="+")
+
+    objects = ItemManager()
+
+
+class Badge(Item):
+    """Only `label` and `level` travel; `code` is required without a default, so clients
+    cannot create badges (the server can)."""
+
+    myko_fields = ["label", "level"]
+
+    label = models.CharField(max_length=20)
+    level = models.IntegerField(default=1)
+    code = models.CharField(max_length=20)
+    issued = models.DateTimeField(auto_now_add=True)
+
+
+class Vault(Item):
+    """An item type with the library's default permissions (Django's model permissions),
+    unlike the test app's others, which tests/settings.py opens to anyone."""
+
+    name = models.CharField(max_length=40)
+    level = models.IntegerField(default=0)

@@ -1,4 +1,4 @@
-"""The Python client's state without a server: responses applied as PROTOCOL.md says."""
+"""The Python client's state without a server: responses applied as docs/protocol.md says."""
 
 from myko_django.client import Client
 from tests.support.data import target

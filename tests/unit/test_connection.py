@@ -1,12 +1,13 @@
-"""The myko protocol (PROTOCOL.md) against `server.connection.Connection` directly: no
+"""The myko protocol (docs/protocol.md) against `server.connection.Connection` directly: no
 Django, no database, no socket, in well under a second.
 
 The database side is `tests.support.memory` (an in-memory Backend and Hub on the real
 engine and sequencer). The client is the suite's one WebSocket client,
 `tests.support.wsclient.WsClient`, over its `ConnectionTransport`: it sends and decodes
 frames in its format with json, msgpack and cbor2 directly, not with the package's codecs;
-the core tests run in JSON, MessagePack and CBOR (§9.10). The same behaviour over a real
-database and the ASGI stack is tested in tests/asgi/.
+the core tests run in JSON, MessagePack and CBOR. The same behaviour over a real
+database and the ASGI stack is tested in tests/asgi/. Section comments name the sections
+of docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ async def peer(connect) -> WsClient:
     return connect(codecs.JSON)
 
 
-# ---- §3 live queries ----------------------------------------------------------------------
+# ---- Queries ------------------------------------------------------------------------------
 
 
 async def test_empty_subscribe_gives_exactly_one_empty_snapshot(client):
@@ -232,7 +233,7 @@ async def test_queryitemtype_may_be_absent(peer):
     await peer.subscribe("GetAllTargets", None)
 
 
-# ---- §3.1 duplicates, cancels -------------------------------------------------------------
+# ---- Queries: duplicates, cancels ---------------------------------------------------------
 
 
 async def test_duplicate_subscribe_with_an_active_tx_is_ignored(client, db):
@@ -287,7 +288,7 @@ async def test_cancel_while_the_store_loads(peer, hub, db):
     assert hub.engine.stats()["subscriptions"] == 0
 
 
-# ---- §3.3 windows -------------------------------------------------------------------------
+# ---- Windows ------------------------------------------------------------------------------
 
 
 async def test_windowed_subscribe_and_moving_the_window(client, db):
@@ -449,7 +450,7 @@ async def test_view_window_error_names_the_view(peer):
     assert (data["tx"], data["viewId"]) == (tx, "GetAllTargets") and "limit" in data["message"]
 
 
-# ---- §4 reports ---------------------------------------------------------------------------
+# ---- Reports ------------------------------------------------------------------------------
 
 
 async def test_count_report_is_sent_only_when_the_value_changes(client, db):
@@ -514,7 +515,7 @@ async def test_report_errors(peer):
     await peer.nothing()
 
 
-# ---- §5 commands --------------------------------------------------------------------------
+# ---- Commands -----------------------------------------------------------------------------
 
 
 async def test_command_success_shapes(client, db):
@@ -564,7 +565,8 @@ async def test_derived_delete_commands(peer, db):
 
 @pytest.mark.parametrize("push", [True, False], ids=["pushed", "log-only"])
 async def test_command_response_comes_after_the_updates_it_caused(client, connect, hub, db, push):
-    """PROTOCOL §3.4: every update of this client's queries, views and reports first.
+    """docs/protocol.md, "Read-your-writes": every update of this client's queries, views
+    and reports first.
     `log-only`: the hub hears of the commit only by reading the log (a silent doorbell),
     so the updates can only come from the connection's catch_up before the response."""
     db.set("Target", target("z"))
@@ -656,7 +658,7 @@ class _NaNBackend:
         return float("nan"), position
 
 
-# ---- §6 client events ---------------------------------------------------------------------
+# ---- Events -------------------------------------------------------------------------------
 
 
 async def test_client_events_reach_every_subscriber(client, connect, db):
@@ -729,7 +731,7 @@ async def test_single_rejected_event_and_events_not_allowed(peer, backend, db):
     await peer.nothing()
 
 
-# ---- §2 ping, benchmark --------------------------------------------------------------------
+# ---- Envelope: ping, benchmark -------------------------------------------------------------
 
 
 async def test_ping_echoed_unchanged_and_benchmark_unanswered(client):
@@ -742,7 +744,7 @@ async def test_ping_echoed_unchanged_and_benchmark_unanswered(client):
     assert conn_of(client).benchmarks == 2 and conn_of(client).bad_frames == 0
 
 
-# ---- §1 formats ---------------------------------------------------------------------------
+# ---- Formats ------------------------------------------------------------------------------
 
 
 PING = {"event": "ws:m:ping", "data": {"id": "b", "timestamp": 2}}
@@ -841,7 +843,7 @@ async def test_json_and_binary_twins_decode_to_equal_messages(connect, db):
     assert results[0] == results[1] == results[2]
 
 
-# ---- §8 bad input -------------------------------------------------------------------------
+# ---- Bad input ----------------------------------------------------------------------------
 
 
 def _bad_messages() -> list[Any]:
@@ -922,7 +924,7 @@ def _raise(*args: Any) -> Any:
     raise KeyError("unforeseen")
 
 
-# ---- §7 built-ins -------------------------------------------------------------------------
+# ---- Server queries -----------------------------------------------------------------------
 
 
 async def test_get_connected_server_and_peer_servers(connect, backend, fmt):

@@ -359,7 +359,8 @@ def test_distinct_subscriptions_keep_no_snapshot_and_no_index_dicts():
     assert live.snapshot is None and live.windows is None and live.counts is None
     key = field_key("str", "a")
     assert e._by_field[T]["category"][key] is live  # noqa: SLF001
-    e.subscribe_query("c1", "t2", T, q({"category": "a", "name": "x"}), None)
+    starts_x = {"kind": "startsWith", "value": "x"}  # not an equality: indexed by category
+    e.subscribe_query("c1", "t2", T, q({"category": "a", "name": starts_x}), None)
     assert len(e._by_field[T]["category"][key]) == 2  # noqa: SLF001
     e.cancel("c1", "t2")
     assert e._by_field[T]["category"][key] is live  # noqa: SLF001
@@ -716,3 +717,14 @@ def test_new_subscription_through_the_store_index_equals_a_scan(ops, params):
     scanned.apply(scanned_events)
     want = scanned.subscribe_query("new", "t", T, q(params), None)
     assert sorted(i["id"] for i in got.upserts.items) == sorted(i["id"] for i in want.upserts.items)
+
+
+def test_a_report_reads_only_the_types_it_depends_on():
+    """A type a report did not declare would be neither filtered for the user nor
+    recomputed when it changes: reading it is an error, not a silently stale value."""
+    e = engine([it("1")], scene=True)
+    sneaky = ReportSpec.custom("sneaky", (T,), lambda view: len(view.items("Scene")))
+    with pytest.raises(KeyError, match="not in its depends"):
+        e.subscribe_report("c", "r", sneaky)
+    honest = ReportSpec.custom("honest", (T,), lambda view: len(view.items(T)))
+    assert e.subscribe_report("c", "r", honest).value == 1

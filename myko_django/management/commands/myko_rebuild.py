@@ -2,11 +2,25 @@
 
 Rows are upserted and deleted in place with plain queries that fire no signals, so no
 event is appended (the log already says all this) and no non-item row is cascaded away.
+Fields kept off the wire (`fields` / `exclude`) are not in the log: existing rows keep their
+values, recreated rows get their defaults.
+
+The log decides only about what it holds. A row whose latest event is a DEL is deleted; a
+row with no event for its id at all (written before its model was registered and not
+adopted yet, or by raw SQL) was never logged, so the log cannot say it is gone: it is kept,
+counted and named, unless `--delete-unlogged` is given (`myko_resync` logs it instead; see
+`myko_django/log/adoption.py` for how `migrate` adopts the rows of newly registered models).
+
+Before asking, the command counts, in one read-only snapshot and without locks, what it
+would insert, update, delete and keep, and shows it (`--dry-run` stops there). It then does
+the work under the locks and, if the counts came out different (a write in between), changes
+nothing and says so.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -32,7 +46,8 @@ from myko_django.log.tables import Event
 class Command(BaseCommand):
     help = (
         "Rewrite the item tables from the event log: update and insert rows to match each "
-        "item's latest SET, delete rows whose item is deleted or not logged. Appends nothing."
+        "item's latest SET, delete rows whose item the log says is deleted. Rows never logged "
+        "are kept unless --delete-unlogged. Shows the counts before it asks. Appends nothing."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -42,6 +57,17 @@ class Command(BaseCommand):
             action="store_false",
             dest="interactive",
             help="Do not ask for confirmation.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Only print what would be inserted, updated, deleted and kept; change nothing.",
+        )
+        parser.add_argument(
+            "--delete-unlogged",
+            action="store_true",
+            help="Also delete rows that have no event at all (never logged). By default they "
+            "are kept: run myko_resync to log them.",
         )
         parser.add_argument(
             "--item-type",
@@ -55,43 +81,97 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         types = item_types(options["item_types"])
         using = options["database"]
-        interactive = options["interactive"]
-        if interactive:
+        interactive, dry_run = options["interactive"], options["dry_run"]
+        self.delete_unlogged = options["delete_unlogged"]
+        show_progress = (interactive or dry_run) and sys.stderr.isatty()
+        plan: list[Counts] | None = None
+        if interactive or dry_run:
+            # Counted first, without locks (nobody waits while a person reads the prompt);
+            # what is then done under the locks must be what was shown.
+            plan = self._plan(types, using, show_progress)
+            self._report(plan, planned=True)
+            if dry_run:
+                return
+            if not any(c.changes for c in plan):
+                self.stdout.write("Nothing to rebuild.")
+                return
+            total = _sum(plan)
             answer = input(
-                "This rewrites the item tables from the event log. Type 'yes' to continue: "
+                f"This rewrites the item tables from the event log: {total.inserted} "
+                f"inserted, {total.updated} updated, {total.deleted} deleted"
+                f"{_kept_note(total)}. Type 'yes' to continue: "
             )
             if answer != "yes":
                 raise CommandError("Rebuild cancelled.")
-        show_progress = interactive and sys.stderr.isatty()
-        counts: list[tuple[str, int, int, int]] = []
+        counts: list[Counts] = []
         connection = connections[using]
         try:
             with transaction.atomic(using=using):
                 lock_out_writers(types, using)
                 for item_type in types:
-                    counts.append((item_type.name, *self._rebuild(item_type, using, show_progress)))
+                    counts.append(self._rebuild(item_type, using, show_progress, apply=True))
                 # Foreign keys are checked at commit; check now to name what broke.
                 connection.check_constraints(table_names=_tables_touching(types))
+                if plan is not None and counts != plan:
+                    raise CommandError(
+                        "The item tables or the log changed while you were asked, so nothing "
+                        "was changed: run myko_rebuild again to see the new counts."
+                    )
         except IntegrityError as exc:
             raise CommandError(
                 f"The rebuilt tables break a foreign key, so nothing was changed: {exc}"
             ) from exc
-        for name, inserted, updated, deleted in counts:
-            self.stdout.write(f"{name}: {inserted} inserted, {updated} updated, {deleted} deleted")
-        total = [sum(c[i] for c in counts) for i in (1, 2, 3)]
-        self.stdout.write(
-            f"Rebuilt {len(counts)} item types from the log: {total[0]} inserted, "
-            f"{total[1]} updated, {total[2]} deleted; no events appended."
-        )
+        self._report(counts, planned=False)
 
-    def _rebuild(self, item_type: ItemType, using: str, show: bool) -> tuple[int, int, int]:
-        """Upsert the logged items of one type, then delete the rows the log does not hold."""
+    def _plan(self, types: list[ItemType], using: str, show: bool) -> list[Counts]:
+        """What a rebuild would do, counted in one read-only snapshot."""
+        connection = connections[using]
+        outermost = not connection.in_atomic_block
+        with transaction.atomic(using=using):
+            if outermost and connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return [self._rebuild(t, using, show, apply=False) for t in types]
+
+    def _report(self, counts: list[Counts], *, planned: bool) -> None:
+        for c in counts:
+            if planned:
+                line = (
+                    f"{c.name}: would insert {c.inserted}, update {c.updated}, delete {c.deleted}"
+                )
+            else:
+                line = f"{c.name}: {c.inserted} inserted, {c.updated} updated, {c.deleted} deleted"
+            if c.kept:
+                line += _kept_note(c)
+            self.stdout.write(line)
+        total = _sum(counts)
+        done = (
+            f"{total.inserted} inserted, {total.updated} updated, {total.deleted} deleted"
+            f"{_kept_note(total)}"
+        )
+        if planned:
+            self.stdout.write(f"Would rebuild {len(counts)} item types from the log: {done}.")
+        else:
+            self.stdout.write(
+                f"Rebuilt {len(counts)} item types from the log: {done}; no events appended."
+            )
+        if total.kept:
+            self.stdout.write(
+                "Rows never logged (no event for their id) are kept: the log cannot say they "
+                "are gone. Run myko_resync to log them, or myko_rebuild --delete-unlogged to "
+                "delete them."
+            )
+
+    def _rebuild(self, item_type: ItemType, using: str, show: bool, *, apply: bool) -> Counts:
+        """Upsert the logged items of one type, then delete the rows the log says are
+        deleted (and, with --delete-unlogged, those it never held). With apply=False only
+        count what would be done."""
         model, name = item_type.model, item_type.name
         plain = plain_rows(model, using)
         logged = Event.objects.using(using).filter(item_type=name).order_by()
         logged = logged.values("item_id").distinct()
         total = logged.count() + plain.count()
-        inserted = updated = deleted = 0
+        inserted = updated = deleted = kept = 0
         with tqdm(total=total, desc=name, unit="item", file=sys.stderr, disable=not show) as bar:
             for page in latest_pages(name, using):
                 decoded = {i: _decode(item_type, i, p) for i, c, p in page if c == Event.SET}
@@ -101,25 +181,59 @@ class Command(BaseCommand):
                 for item_id, (pk, values) in decoded.items():
                     row = rows.get(item_id)
                     if row is None:
-                        missing.append(model(pk=pk, **values))
+                        missing.append(_new_row(item_type, item_id, pk, values))
                     elif not _matches(item_type, row, values):
-                        plain.filter(pk=pk).update(**values)
+                        if apply:
+                            plain.filter(pk=pk).update(**values)
                         updated += 1
-                inserted += _insert(model, missing, using)
+                inserted += _insert(model, missing, using) if apply else len(missing)
                 bar.update(len(page))
             for pks in pk_pages(model, using):
                 ids = [item_type.wire_id(pk) for pk in pks]
                 states = latest_for(name, ids, using)
-                gone = [
-                    pk
-                    for pk, item_id in zip(pks, ids, strict=True)
-                    if states.get(item_id, ("",))[0] != Event.SET
-                ]
+                gone = []
+                for pk, item_id in zip(pks, ids, strict=True):
+                    state = states.get(item_id)
+                    if state is None and not self.delete_unlogged:
+                        kept += 1  # never logged: the log cannot say it is gone
+                    elif state is None or state[0] != Event.SET:
+                        gone.append(pk)
                 if gone:
                     _refuse_if_referenced(item_type, gone, using)
-                    deleted += sql.DeleteQuery(model).delete_batch(gone, using)
+                    if apply:
+                        sql.DeleteQuery(model).delete_batch(gone, using)
+                    deleted += len(gone)
                 bar.update(len(pks))
-        return inserted, updated, deleted
+        return Counts(name, inserted, updated, deleted, kept)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a rebuild did (or would do) to one item type's table."""
+
+    name: str
+    inserted: int
+    updated: int
+    deleted: int
+    kept: int  # rows never logged, left alone
+
+    @property
+    def changes(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+
+def _sum(counts: list[Counts]) -> Counts:
+    return Counts(
+        "total",
+        sum(c.inserted for c in counts),
+        sum(c.updated for c in counts),
+        sum(c.deleted for c in counts),
+        sum(c.kept for c in counts),
+    )
+
+
+def _kept_note(total: Counts) -> str:
+    return f", {total.kept} kept (never logged)" if total.kept else ""
 
 
 def _decode(item_type: ItemType, item_id: str, payload: Any) -> tuple[Any, dict[str, Any]]:
@@ -138,6 +252,24 @@ def _decode(item_type: ItemType, item_id: str, payload: Any) -> tuple[Any, dict[
             "Nothing was changed."
         ) from exc
     return pk, values
+
+
+def _new_row(item_type: ItemType, item_id: str, pk: Any, values: dict[str, Any]) -> models.Model:
+    """A row to insert for a logged item. Fields that do not travel (`fields` / `exclude`,
+    unsupported) are not in the log: they get their defaults, as a new row made by a client
+    would (and auto_now / auto_now_add the time now); existing rows keep theirs."""
+    required = item_type.required_kept
+    if required:
+        raise CommandError(
+            f"{item_type.name} {item_id}: the row is missing and cannot be recreated from the "
+            f"log: its field {required[0].name!r} is not on the wire (so not logged) and has no "
+            "default. Nothing was changed."
+        )
+    obj = item_type.model(pk=pk, **values)
+    for f in item_type.kept:
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            f.pre_save(obj, True)
+    return obj
 
 
 def _matches(item_type: ItemType, row: models.Model, values: dict[str, Any]) -> bool:

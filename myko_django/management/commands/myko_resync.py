@@ -1,5 +1,14 @@
 """`manage.py myko_resync`: append the events that make the log match the item tables again,
-after writes that bypassed capture (raw SQL, data migrations, loaddata)."""
+after writes that bypassed capture (raw SQL, data migrations, loaddata).
+
+Rows are compared as encoded for the wire, so fields kept off it (`fields` / `exclude`) are
+ignored: a change only to those appends nothing.
+
+The rows of a model registered after they were written are adopted by `manage.py migrate`
+(a SET each, a page per short transaction; `myko_django/log/adoption.py` says why there and
+not in a check or at first start). This command does the same and more, in one transaction
+that holds writers back until it ends, and marks each item type it covered as adopted. For
+a large table, prefer `migrate`."""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from myko_django.items.registry import ItemType
-from myko_django.log import append
+from myko_django.log import adoption, append
 from myko_django.log.reconcile import (
     existing_ids,
     item_types,
@@ -68,6 +77,8 @@ class Command(BaseCommand):
             lock_out_writers(types, using)
             for item_type in types:
                 sets, dels = self._resync(item_type, tx, using, dry_run)
+                if not dry_run:  # every row is in the log now: nothing left to adopt
+                    adoption.mark([item_type.name], "myko_resync", using, events=sets)
                 totals[0] += sets
                 totals[1] += dels
                 self.stdout.write(f"{item_type.name}: {sets} SET, {dels} DEL")
