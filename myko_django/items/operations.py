@@ -36,6 +36,7 @@ class Handler:
     # what running it counts as: "run" for a user command, "delete" for a derived delete.
     permission: Any = None
     action: str = RUN
+    wants_user: bool = False  # a query or report taking `user` (its result is per user)
 
     @property
     def where(self) -> str:
@@ -78,7 +79,12 @@ def _decorator(kind: str, name: str | None, **extra: Any) -> Callable:
     def register(func: Callable) -> Callable:
         op_name = _wire_name(func, name)
         skip = 0 if kind == "query" else 1  # commands take ctx first, reports the view
-        handler = Handler(kind, op_name, func, signature_params(func, skip), **extra)
+        params = signature_params(func, skip)
+        # Queries and reports may ask for the user with a `user` parameter: it is passed,
+        # never taken from the wire (commands have ctx.user).
+        wants_user = kind != "command" and any(p.name == "user" for p in params)
+        params = [p for p in params if not (wants_user and p.name == "user")]
+        handler = Handler(kind, op_name, func, params, wants_user=wants_user, **extra)
         earlier = _user[kind].get(op_name)
         # The same function again (its module imported twice) is not a duplicate.
         if earlier is not None and (earlier.where, earlier.line) != (handler.where, handler.line):
@@ -118,7 +124,8 @@ def query(
     """Register `func(**params)` returning a filter dict (flat fields, as GetXsByQuery takes)
     or a predicate `item_dict -> bool`, as a live query over `item`. Who may run it:
     `permission`, else as for `item`'s derived queries (view); each user sees only the rows
-    `item`'s visibility gives them."""
+    `item`'s visibility gives them. A `user` parameter, if the function has one, receives
+    the requesting user (it is not a wire parameter)."""
     return _decorator("query", name, item_type=_item_name(item), permission=permission)
 
 
@@ -130,7 +137,8 @@ def report(
 ) -> Callable:
     """Register `func(view, **params)` as a live report, recomputed when an item type in
     `depends` changes; `view.items("Target")` maps ids to the wire items the user may see.
-    Who may run it: `permission`, else whoever may view every type in `depends`."""
+    Who may run it: `permission`, else whoever may view every type in `depends`. A `user`
+    parameter, if the function has one, receives the requesting user."""
     return _decorator(
         "report", name, depends=tuple(_item_name(d) for d in depends), permission=permission
     )
@@ -236,7 +244,7 @@ def resolve_query(
         _check_item_type(query_id, found.item_type, item_type)
         it = registry.get(found.item_type)
         permissions.check(user, VIEW, it, f"run {query_id}", found.permission)
-        return it.name, filters.both(_user_filter(found, it, params), it.visibility(user))
+        return it.name, filters.both(_user_filter(found, it, params, user), it.visibility(user))
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
 
@@ -250,11 +258,14 @@ def _derived_filter(query_id: str, what: str, it: ItemType, params: Any) -> filt
     return filters.compile_filter(it.schema, spec, op_name=query_id)
 
 
-def _user_filter(handler: Handler, it: ItemType, params: Any) -> filters.Filter:
+def _user_filter(handler: Handler, it: ItemType, params: Any, user: Any) -> filters.Filter:
     kwargs = handler.kwargs(params)
+    key: Any = (handler.name, filters.value_key(kwargs))
+    if handler.wants_user:
+        kwargs["user"] = user
+        key += (_user_key(user),)  # a predicate of one user's is not another's
     result = handler.func(**kwargs)
     if callable(result):
-        key = (handler.name, filters.value_key(kwargs))
         return filters.Filter.from_predicate(result, key)
     if isinstance(result, dict):
         return filters.compile_filter(it.schema, result, op_name=handler.name)
@@ -262,6 +273,11 @@ def _user_filter(handler: Handler, it: ItemType, params: Any) -> filters.Filter:
         f"{handler.name}: the handler returned {type(result).__name__}, "
         "expected a filter dict or a predicate"
     )
+
+
+def _user_key(user: Any) -> Any:
+    """Who a per-user query or report is for: the signed-in user's pk, or anonymous."""
+    return ("user", user.pk) if getattr(user, "is_authenticated", False) else ("anonymous",)
 
 
 def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
@@ -299,7 +315,10 @@ def resolve_report(report_id: Any, params: Any, user: Any) -> ReportSpec:
                 visible[name] = flt
         kwargs = found.kwargs(params)
         func = found.func
-        key = (report_id, filters.value_key(kwargs))
+        key: Any = (report_id, filters.value_key(kwargs))
+        if found.wants_user:
+            kwargs["user"] = user
+            key += (_user_key(user),)  # computed for this user: shared with nobody else
         return ReportSpec.custom(
             key, found.depends, lambda view: func(view, **kwargs), visible=visible or None
         )

@@ -176,3 +176,49 @@ def test_users_who_see_the_same_rows_share_one_live_result():
     note_keys = {resolve_query("GetAllNotes", "Note", {}, u)[1].key for u in (alice, bob)}
     assert len(note_keys) == 2
     assert resolve_query("GetAllNotes", "Note", {}, alice)[1].key in note_keys  # stable
+
+
+def test_user_queries_and_reports_receive_the_user(register_op):
+    alice, bob = user_with(), user_with()
+    Vault.objects.create(name=f"{alice.username}'s")
+    Vault.objects.create(name=f"{bob.username}'s")
+
+    def mine(*, user, prefix: str = "") -> object:
+        return lambda item: item["name"].startswith(f"{prefix}{user.username}")
+
+    def my_count(view, *, user) -> int:
+        return sum(1 for v in view.items("Vault").values() if user.username in v["name"])
+
+    register_op(
+        "query", "MyVaults", mine, item="Vault", permission="myko_django.permissions.AllowAny"
+    )
+    register_op(
+        "report",
+        "MyVaultCount",
+        my_count,
+        depends=["Vault"],
+        permission="myko_django.permissions.AllowAny",
+    )
+    alice_key = resolve_query("MyVaults", "Vault", {}, alice)[1].key
+    assert alice_key != resolve_query("MyVaults", "Vault", {}, bob)[1].key
+    with LiveSession(user=alice) as session:
+        mine = session.query("MyVaults", "Vault").items.values()
+        assert [v["name"] for v in mine] == [f"{alice.username}'s"]
+        assert session.report("MyVaultCount").value == 1
+    # A "user" sent on the wire is no parameter: it cannot make Alice Bob.
+    assert resolve_query("MyVaults", "Vault", {"user": "bob"}, alice)[1].key == alice_key
+
+
+@pytest.fixture
+def register_op():
+    from myko_django.items import operations
+
+    added = []
+
+    def do(kind, name, func, **extra):
+        added.append((kind, name))
+        return getattr(operations, kind)(name, **extra)(func)
+
+    yield do
+    for kind, name in added:
+        operations.unregister(kind, name)
