@@ -33,6 +33,7 @@ commands one at a time), each item always through the same one.
 
 Everything shares one 2-core machine: daphne, Postgres, Redis, the client processes and
 the writer. The output says how many cores each side used (CPU seconds / wall seconds).
+bench/visibility_fanout.py runs the same machinery with users, tokens and row visibility.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import urllib.request
 import uuid
 from array import array
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ for _p in (str(ROOT), str(BENCH)):
 DB_NAME = os.environ.get("MYKO_BENCH_FANOUT_DB", "mykobench_fanout")
 PG = os.environ.get("MYKO_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 DATABASE_URL = f"{PG}/{DB_NAME}"
+BENCH_SECRET_KEY = "bench-only-" + "k" * 40  # DEBUG off has no fallback key
 REDIS_URL = os.environ.get("MYKO_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOG_DIR = BENCH / "results" / "logs"
 PROFILE_DIR = BENCH / "results" / "profiles"
@@ -103,9 +106,10 @@ def ensure_requirements() -> None:
         )
 
 
-def setup_database(distinct: int) -> None:
+def setup_database(distinct: int, seed: Callable[[], Any] | None = None) -> Any:
     """A fresh database of our own, migrated, with HOT hot Targets and `distinct` Targets of
-    categories c0..c{distinct-1}; this process becomes a Django process on it."""
+    categories c0..c{distinct-1}, or what `seed()` writes instead (its result is returned);
+    this process becomes a Django process on it."""
     import psycopg
 
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
@@ -115,7 +119,9 @@ def setup_database(distinct: int) -> None:
         DATABASE_URL=DATABASE_URL,
         REDIS_URL=REDIS_URL,
         DJANGO_SETTINGS_MODULE=SETTINGS,
-        DJANGO_DEBUG="0",
+        DJANGO_DEBUG="0",  # production settings, on plain HTTP (project/settings.py)
+        DJANGO_SECRET_KEY=BENCH_SECRET_KEY,
+        DJANGO_SECURE_SSL_REDIRECT="0",
     )
     import django
     from django.core.management import call_command
@@ -124,12 +130,17 @@ def setup_database(distinct: int) -> None:
     call_command("migrate", verbosity=0)
     from project.demo.models import Target
 
-    rows = [Target(id=f"h{j}", name="0:0", category="hot") for j in range(HOT)]
-    rows += [Target(id=f"d{i}", name="0:0", category=f"c{i}") for i in range(distinct)]
-    Target.objects.bulk_create(rows, batch_size=1000)
+    seeded = None
+    if seed is not None:
+        seeded = seed()
+    else:
+        rows = [Target(id=f"h{j}", name="0:0", category="hot") for j in range(HOT)]
+        rows += [Target(id=f"d{i}", name="0:0", category=f"c{i}") for i in range(distinct)]
+        Target.objects.bulk_create(rows, batch_size=1000)
     from django.db import connections
 
     connections.close_all()
+    return seeded
 
 
 def machine() -> dict[str, Any]:
@@ -167,6 +178,8 @@ class Server:
             "REDIS_URL": REDIS_URL,
             "DJANGO_SETTINGS_MODULE": SETTINGS,
             "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": BENCH_SECRET_KEY,
+            "DJANGO_SECURE_SSL_REDIRECT": "0",
             "MYKO_BENCH_LAYER_PREFIX": DB_NAME,
         }
         for n, port in enumerate(self.ports):
@@ -418,6 +431,8 @@ class Plan:
     big: bool = False
     servers: list[str] = field(default_factory=lambda: list(WORKLOADS))
     modes: list[str] = field(default_factory=lambda: ["identical", "distinct"])
+    ramp_modes: list[str] = field(default_factory=lambda: ["identical"])
+    interleave: bool = False  # see _schedule
 
     @classmethod
     def make(cls, quick: bool, big: bool = False) -> Plan:
@@ -445,13 +460,28 @@ class Plan:
         )
 
 
+# A mode of another benchmark (bench/visibility_fanout.py): S -> the subscribers as
+# fanout_client's do_open takes them, the items the writer changes, BenchStamp's other
+# parameters.
+CustomMode = Callable[[int], tuple[list[tuple], list[str], dict[str, Any]]]
+
+
 class Session:
     """One server kind: its daphne process(es), P client processes and the writer."""
 
     seq = 0  # global write counter: every write of the whole run has its own seq
 
-    def __init__(self, kind: str, plan: Plan, profile: str | None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        plan: Plan,
+        profile: str | None,
+        workload: str | None = None,
+        custom_modes: dict[str, CustomMode] | None = None,
+    ) -> None:
         self.kind = kind  # "myko", "dcrf", "ceiling", "myko x2"
+        self.workload = workload or WORKLOADS[kind]  # the rows' "workload"
+        self.custom_modes = custom_modes or {}
         self.plan = plan
         app = (
             "bench.peer.asgi_dcrf:application" if kind == "dcrf" else "bench.peer.asgi:application"
@@ -462,6 +492,8 @@ class Session:
         self.subscribers = 0
         self.mode = ""
         self.items: list[str] = []
+        self.write_params: dict[str, Any] = {}  # BenchStamp's other parameters
+        self.snapshot_foreign = 0
         self.load_before = 0.0
 
     @property
@@ -504,10 +536,16 @@ class Session:
         else:
             path = f"ceiling?fmt={self.plan.fmt}"
         urls = self.server.urls(path)
-        hot = [f"h{j}" for j in range(HOT)]
-        subs = [
-            (i, "hot", hot) if mode == "identical" else (i, f"c{i}", [f"d{i}"]) for i in range(s)
-        ]
+        if mode in self.custom_modes:
+            subs, items, self.write_params = self.custom_modes[mode](s)
+        else:
+            hot = [f"h{j}" for j in range(HOT)]
+            subs = [
+                (i, "hot", hot) if mode == "identical" else (i, f"c{i}", [f"d{i}"])
+                for i in range(s)
+            ]
+            items = hot if mode == "identical" else [f"d{i}" for i in range(s)]
+            self.write_params = {}
         per = [
             {"kind": self.protocol, "urls": urls, "subs": subs[n :: len(self.clients.pipes)]}
             for n in range(len(self.clients.pipes))
@@ -515,9 +553,9 @@ class Session:
         for p in per:
             p["fmt"] = self.plan.fmt
         started = time.perf_counter()
-        await self.clients.call("open", per)
-        self.subscribers, self.mode = s, mode
-        self.items = hot if mode == "identical" else [f"d{i}" for i in range(s)]
+        opened = await self.clients.call("open", per)
+        self.subscribers, self.mode, self.items = s, mode, items
+        self.snapshot_foreign = sum(r["foreign"] for r in opened)
         return time.perf_counter() - started
 
     async def step(self, rate: float, duration: float, label: str = "") -> dict[str, Any]:
@@ -570,7 +608,8 @@ class Session:
             else:
                 # One item always goes through the same socket: its writes commit in order.
                 writer = self.writers[j % len(self.writers)]
-                writer.command("BenchStamp", {"id": item, "name": name}, uuid.uuid4().hex)
+                params = {"id": item, "name": name, **self.write_params}
+                writer.command("BenchStamp", params, uuid.uuid4().hex)
             writes[item].append(seq)
         sent_s = loop.time() - t0
         errors: list[str] = []
@@ -618,11 +657,12 @@ class Session:
             and total["duplicated"] == 0
             and total["reordered"] == 0
             and total["foreign"] == 0
+            and self.snapshot_foreign == 0
             and p[99] <= P99_SUSTAINABLE_MS
             and sent_s <= duration * 1.1 + 0.2
         )
         return {
-            "workload": WORKLOADS[self.kind],
+            "workload": self.workload,
             "server": self.kind,
             "subscribers": self.subscribers,
             "rate": rate,
@@ -648,6 +688,7 @@ class Session:
             "duplicated": total["duplicated"],
             "reordered": total["reordered"],
             "foreign": total["foreign"],
+            "foreign_in_snapshots": self.snapshot_foreign,
             "late_from_earlier_step": total["late"],
             "command_errors": len(errors),
             "command_error": errors[0] if errors else None,
@@ -660,6 +701,11 @@ class Session:
             "postgres_cpu_pct": round(100 * cores["postgres"]),
             "redis_cpu_pct": round(100 * cores["redis"]),
             "machine_busy_cores": cores["machine"],
+            # Anything else running on the box (another's tests, say; their Postgres backends
+            # count as Postgres above), in cores.
+            "other_cores": round(
+                cores["machine"] - sum(v for k, v in cores.items() if k != "machine"), 2
+            ),
             "load_avg_1m_before": self.load_before,
             "server_processes": len(self.server.procs),
             "client_processes": self.plan.processes,
@@ -691,8 +737,9 @@ def _pct(ordered: Any, q: float) -> float | None:
 # ---- the run -----------------------------------------------------------------------------------
 
 
-def run_kind(kind: str, plan: Plan, profile: str | None, log: Any) -> list[dict]:
-    session = Session(kind, plan, profile)
+def run_kind(kind: str, plan: Plan, profile: str | None, log: Any, **options: Any) -> list[dict]:
+    """Every step of one server kind; `options`: Session's workload and custom_modes."""
+    session = Session(kind, plan, profile, **options)
     try:
         session.start()
         return asyncio.run(_run_session(session, plan, log))
@@ -705,28 +752,41 @@ async def _run_session(session: Session, plan: Plan, log: Any) -> list[dict]:
     rows: list[dict] = []
     await session.open_writers()
     for s in plan.sizes:
-        modes = [m for m in plan.modes if kind != "ceiling" or m == "identical"]
-        for mode in modes:
-            if s > 1000 and mode == "distinct":
-                continue
+        for mode, rates, then_ramp in _schedule(plan, kind, s):
             opened = await session.subscribe(s, mode)
             log(f"  {kind}: {s} {mode} subscribers live in {opened:.1f}s")
-            rates = plan.rates if s <= 1000 else plan.rates[:1]
-            if plan.quick and mode == "distinct":
-                rates = rates[-1:]
             for rate in rates:
                 row = await session.step(rate, plan.duration)
                 row["server_rss_mb"] = session.rss_mb()
                 row["open_s"] = round(opened, 1)
                 rows.append(row)
                 log("  " + short(row))
-            if mode == "identical" and s in plan.ramp_sizes and plan.ramp_rates:
+            if then_ramp:
                 rows.extend(await ramp(session, plan, log))
     await session.clients.call("close")
     for w in session.writers:
         w.close()
     await asyncio.sleep(0.1)
     return rows
+
+
+def _schedule(plan: Plan, kind: str, s: int) -> list[tuple[str, list[int], bool]]:
+    """(mode, its fixed rates W, then its ramp?) in the order they run, each on a fresh set
+    of S subscribers. With `plan.interleave` every mode runs one W after the other (the
+    modes' steps at one W close in time on a machine whose load drifts), the ramps last."""
+    blocks = []
+    for mode in plan.modes:
+        if (kind == "ceiling" and mode != "identical") or (s > 1000 and mode == "distinct"):
+            continue
+        rates = plan.rates if s <= 1000 else plan.rates[:1]
+        if plan.quick and mode == "distinct":
+            rates = rates[-1:]
+        then_ramp = mode in plan.ramp_modes and s in plan.ramp_sizes and bool(plan.ramp_rates)
+        blocks.append((mode, rates, then_ramp))
+    if not plan.interleave:
+        return blocks
+    fixed = [(m, [w], False) for w in plan.rates for m, rates, _ in blocks if w in rates]
+    return fixed + [(m, [], True) for m, _, then_ramp in blocks if then_ramp]
 
 
 async def ramp(session: Session, plan: Plan, log: Any) -> list[dict]:
@@ -757,7 +817,7 @@ async def ramp(session: Session, plan: Plan, log: Any) -> list[dict]:
         if row["sustainable"]:
             best = row
     summary = {
-        "workload": WORKLOADS[session.kind],
+        "workload": session.workload,
         "server": session.kind,
         "subscribers": session.subscribers,
         "rate": best["rate"] if best else None,
@@ -789,11 +849,19 @@ def short(row: dict) -> str:
         f"lost {row['lost']} coal {row['coalesced']} dup {row['duplicated']} "
         f"reord {row['reordered']} | srv {row['server_cpu_pct']}% {row['server_rss_mb']} MB "
         f"cli {row['client_cpu_pct']}% wr {row['writer_cpu_pct']}% pg {row['postgres_cpu_pct']}% "
-        f"redis {row['redis_cpu_pct']}% box {row['machine_busy_cores']} | "
+        f"redis {row['redis_cpu_pct']}% box {row['machine_busy_cores']} "
+        f"other {row['other_cores']} | "
         f"cmd p50 {row['command_p50_ms']} p99 {row['command_p99_ms']} ms | "
         f"{'ok' if row['sustainable'] else 'NOT sustainable'}"
         + (f" | cmd err {row['command_error']}" if row["command_errors"] else "")
     )
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b to 2 decimals (4 below 0.1); None without both figures."""
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 2) if a / b >= 0.1 else round(a / b, 4)
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
@@ -805,12 +873,6 @@ def comparisons(rows: list[dict]) -> list[dict]:
         if "p99_ms" in r and not r["metric"].startswith("highest") and not r.get("ramp")
     }
     best = {r["server"]: r for r in rows if r["metric"].startswith("highest")}
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        if a is None or b is None or b == 0:
-            return None
-        return round(a / b, 2) if a / b >= 0.1 else round(a / b, 4)
-
     for (server, s, mode, rate), r in sorted(steps.items(), key=lambda kv: str(kv[0])):
         if server != "myko":
             continue
@@ -1045,12 +1107,19 @@ def main(argv: list[str] | None = None) -> None:
         servers=args.servers,
         fmt=args.format,
     )
+    report(rows, started, args.json)
+
+
+def report(
+    rows: list[dict], started: float, path: Path | None, table: Callable = print_table
+) -> None:
+    """A standalone run's end: the table, the time taken, the rows to `path` if given."""
     print()
-    print_table(rows)
+    table(rows)
     print(f"\n({time.perf_counter() - started:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=str))
-        print(f"wrote {args.json}")
+    if path:
+        path.write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,15 @@ OPEN_PARALLEL = 50
 
 
 class Socket(asyncio.Protocol):
-    """One client WebSocket; `on_message(payload, is_text, received_ns)` per whole message."""
+    """One client WebSocket; `on_message(payload, is_text, received_ns)` per whole message.
+    `token`: sent as `Authorization: Bearer <token>` in the handshake."""
 
-    def __init__(self, url: str, on_message: Callable[[bytes, bool, int], None]) -> None:
+    def __init__(
+        self, url: str, on_message: Callable[[bytes, bool, int], None], token: str | None = None
+    ) -> None:
         self.protocol = ClientProtocol(parse_uri(url), max_size=MAX_SIZE)
         self.on_message = on_message
+        self.token = token
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future = loop.create_future()
         self.closed: asyncio.Future = loop.create_future()
@@ -46,18 +50,23 @@ class Socket(asyncio.Protocol):
         self._text = False
 
     @classmethod
-    async def open(cls, url: str, on_message: Callable[[bytes, bool, int], None]) -> Socket:
+    async def open(
+        cls, url: str, on_message: Callable[[bytes, bool, int], None], token: str | None = None
+    ) -> Socket:
         parts = urlsplit(url)
         loop = asyncio.get_running_loop()
         _, sock = await loop.create_connection(
-            lambda: cls(url, on_message), parts.hostname, parts.port
+            lambda: cls(url, on_message, token), parts.hostname, parts.port
         )
         await asyncio.wait_for(sock.opened, 60)
         return sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.protocol.send_request(self.protocol.connect())
+        request = self.protocol.connect()
+        if self.token is not None:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        self.protocol.send_request(request)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -141,14 +150,31 @@ class Meter:
 
 
 class Subscriber:
-    """One subscription on one connection: per item [highest seq seen, distinct this step]."""
+    """One subscription on one connection: per item [highest seq seen, distinct this step].
 
-    __slots__ = ("index", "value", "items", "state", "dups", "reordered", "foreign", "ready")
+    By default a live `GetTargetsByQuery {category: value}` on an anonymous connection;
+    `spec` may name another query (`queryId`, `queryItemType`, `query`: its parameters),
+    a `token` for the connection and the `field` holding the writer's stamp."""
 
-    def __init__(self, index: int, value: str, items: list[str]) -> None:
+    __slots__ = (
+        "index",
+        "value",
+        "items",
+        "spec",
+        "field",
+        "state",
+        "dups",
+        "reordered",
+        "foreign",
+        "ready",
+    )
+
+    def __init__(self, index: int, value: str, items: list[str], spec: dict | None = None) -> None:
         self.index = index
         self.value = value  # the filter value (category)
-        self.items = items  # ids of the items this filter matches
+        self.items = items  # ids of the items this subscription may and must see
+        self.spec = spec or {}
+        self.field = self.spec.get("field", "name")
         self.state: dict[str, list[int]] = {}
         self.dups = 0
         self.reordered = 0
@@ -156,12 +182,14 @@ class Subscriber:
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def seed(self, item: dict) -> None:
-        seq, _ = parse_name(item["name"])
+        seq, _ = parse_name(item[self.field])
+        if item["id"] not in self.items:
+            self.foreign += 1  # counted by do_open (a step starts from 0)
         self.state[item["id"]] = [seq, 0]
 
     def update(self, item: dict, now: int, meter: Meter) -> None:
         item_id = item["id"]
-        seq, stamp = parse_name(item["name"])
+        seq, stamp = parse_name(item[self.field])
         st = self.state.get(item_id)
         if st is None:
             if item_id not in self.items:
@@ -241,26 +269,29 @@ class ClientProcess:
 
     # -- commands ----------------------------------------------------------------------
 
-    async def do_open(
-        self, kind: str, urls: list[str], subs: list[tuple[int, str, list[str]]], fmt: str
-    ) -> dict:
-        """One connection per subscriber; return once every subscription is live."""
+    async def do_open(self, kind: str, urls: list[str], subs: list[tuple], fmt: str) -> dict:
+        """One connection per subscriber, `subs` as (index, value, items[, spec]) (see
+        Subscriber); return once every subscription is live."""
         self._close()
         self.kind = kind
-        self.subs = [Subscriber(i, v, items) for i, v, items in subs]
+        self.subs = [Subscriber(*sub) for sub in subs]
         sem = asyncio.Semaphore(OPEN_PARALLEL)
         started = time.perf_counter()
 
         async def one(sub: Subscriber) -> Socket:
             async with sem:
                 url = urls[sub.index % len(urls)]
-                sock = await Socket.open(url, self._handler(sub))
+                sock = await Socket.open(url, self._handler(sub), sub.spec.get("token"))
                 self._subscribe(sock, sub, fmt)
                 return sock
 
         self.sockets = list(await asyncio.gather(*(one(s) for s in self.subs)))
         await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.subs)), 120)
-        return {"subscribers": len(self.subs), "seconds": time.perf_counter() - started}
+        return {
+            "subscribers": len(self.subs),
+            "seconds": time.perf_counter() - started,
+            "foreign": sum(s.foreign for s in self.subs),  # in the snapshots
+        }
 
     async def do_step(self, start_seq: int) -> None:
         self.meter.reset(start_seq)
@@ -316,12 +347,13 @@ class ClientProcess:
         if self.kind == "myko":
             if fmt == "msgpack":
                 sock.send_text("myko:switch-to-msgpack")
+            spec = sub.spec
             message = {
                 "event": "ws:m:query",
                 "data": {
-                    "query": {"category": sub.value, "tx": f"s{sub.index}"},
-                    "queryId": "GetTargetsByQuery",
-                    "queryItemType": "Target",
+                    "query": {**spec.get("query", {"category": sub.value}), "tx": f"s{sub.index}"},
+                    "queryId": spec.get("queryId", "GetTargetsByQuery"),
+                    "queryItemType": spec.get("queryItemType", "Target"),
                 },
             }
             if fmt == "msgpack":

@@ -34,6 +34,15 @@ if str(ROOT) not in sys.path:
 # ---- Django and the database ------------------------------------------------------------
 
 
+# The project's production settings (DEBUG off), as far as a benchmark on loopback can have
+# them: a key of its own (DEBUG off has no fallback key) and plain HTTP (no HTTPS redirect).
+PRODUCTION_ENV = {
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": "bench-only-" + "k" * 40,
+    "DJANGO_SECURE_SSL_REDIRECT": "0",
+}
+
+
 def setup_django(db_name: str, *, fresh: bool = False) -> str:
     """Point this process at its own Postgres database (created if missing; dropped first if
     `fresh`), then start Django on tests.settings without DEBUG (which would keep every
@@ -41,7 +50,7 @@ def setup_django(db_name: str, *, fresh: bool = False) -> str:
     url = f"{PG}/{db_name}"
     os.environ["DATABASE_URL"] = url
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["DJANGO_DEBUG"] = "0"
+    os.environ.update(PRODUCTION_ENV)
     os.environ.pop("REDIS_URL", None)  # in-process writers publish nowhere but this process
     _create_database(db_name, fresh=fresh)
     import django
@@ -143,7 +152,7 @@ def start_worker(*, redis: bool = True, extra_env: dict[str, str] | None = None)
     from myko_django.testing import DaphneServer
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    env = {"DJANGO_DEBUG": "0", **(extra_env or {})}
+    env = {**PRODUCTION_ENV, **(extra_env or {})}
     return DaphneServer(
         LOG_DIR,
         settings="tests.settings",

@@ -58,7 +58,7 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
-from django.utils.crypto import constant_time_compare
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.module_loading import import_string
 
 from myko_django import conf
@@ -238,6 +238,7 @@ class TokenCredential:
     user_pk: str
     expires: float
     salt: str
+    password: str  # a fingerprint of the password hash: a password change ends the token
 
 
 def _user_salt(user: Any) -> str:
@@ -250,6 +251,20 @@ def _user_salt(user: Any) -> str:
             return TokenSalt.objects.create(user_id=user.pk, salt=secrets.token_urlsafe(16)).salt
     except IntegrityError:  # made meanwhile by a concurrent issue_token
         return TokenSalt.objects.get(user_id=user.pk).salt
+
+
+_PASSWORD_SALT = "myko_django.auth.token.password"
+
+
+def _password_fingerprints(user: Any) -> list[str]:
+    """HMACs of the user's password hash under SECRET_KEY and each of its fallbacks (as
+    Django's session auth hash), so a password change ends every token issued before."""
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    password = user.password or ""
+    return [
+        salted_hmac(_PASSWORD_SALT, password, secret=key, algorithm="sha256").hexdigest()[:32]
+        for key in keys
+    ]
 
 
 def issue_token(user: Any, max_age: float | None = None) -> str:
@@ -266,6 +281,7 @@ def issue_token(user: Any, max_age: float | None = None) -> str:
         "u": _pk_key(user.pk),
         "e": round(time.time() + max_age, 3),
         "s": _user_salt(user),
+        "p": _password_fingerprints(user)[0],
     }
     # Compact JSON, not sign_object's default, so the token stays short and stable.
     data = signing.b64_encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
@@ -293,13 +309,14 @@ def read_token(token: Any) -> TokenCredential | None:
     if not isinstance(payload, dict):
         return None
     pk, expires, salt = payload.get("u"), payload.get("e"), payload.get("s")
-    if not (isinstance(pk, str) and isinstance(salt, str)):
+    password = payload.get("p")
+    if not (isinstance(pk, str) and isinstance(salt, str) and isinstance(password, str)):
         return None
     if not isinstance(expires, int | float) or isinstance(expires, bool):
         return None
     if expires <= time.time():
         return None
-    return TokenCredential(pk, float(expires), salt)
+    return TokenCredential(pk, float(expires), salt, password)
 
 
 def _salts(pks: Iterable[str]) -> dict[str, str]:
@@ -351,7 +368,12 @@ class TokenAuthenticator(BaseAuthenticator):
         salts = _salts({c.user_pk for c in live})
         good = [c for c in live if constant_time_compare(salts.get(c.user_pk, ""), c.salt)]
         users = load_users({c.user_pk for c in good})
-        valid = {c: users.get(c.user_pk) for c in good}
+        valid = {
+            c: user
+            for c in good
+            if (user := users.get(c.user_pk)) is not None
+            and any(constant_time_compare(c.password, f) for f in _password_fingerprints(user))
+        }
         return [user if _can_authenticate(user := valid.get(c)) else None for c in credentials]
 
     def authenticate_token(self, token: str) -> Any:

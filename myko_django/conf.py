@@ -44,6 +44,13 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGES_PER_SECOND": 5_000,
     "MAX_BATCH_ITEMS": 10_000,
     "MAX_IDS": 10_000,
+    # Operations (myko_django.urls): /metrics answers only when this is True (it needs
+    # prometheus-client, the `metrics` extra).
+    "METRICS": False,
+    # /readyz answers 503 while this worker's hub is more positions than this behind the log.
+    "READY_MAX_LAG": 1000,
+    # On SIGTERM, how long running commands get before the sockets close anyway (seconds).
+    "DRAIN_TIMEOUT": 5.0,
 }
 
 
@@ -120,6 +127,9 @@ EXPECTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MAX_MESSAGES_PER_SECOND": (_positive_int, "a positive whole number"),
     "MAX_BATCH_ITEMS": (_positive_int, "a positive whole number"),
     "MAX_IDS": (_positive_int, "a positive whole number"),
+    "METRICS": (lambda v: isinstance(v, bool), "True or False"),
+    "READY_MAX_LAG": (_positive_int, "a positive whole number of positions"),
+    "DRAIN_TIMEOUT": (_positive_number, "a positive number of seconds"),
 }
 
 

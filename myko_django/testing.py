@@ -174,6 +174,14 @@ class LiveSession:
 MAX_MESSAGE = 16 * 1024 * 1024
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib raises HTTPError with the 3xx response instead
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -296,10 +304,12 @@ class DaphneServer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1)
+                _NO_REDIRECTS.open(f"http://127.0.0.1:{self.port}/", timeout=1)
                 return self
             except urllib.error.HTTPError:
-                return self  # an error page is an answer: the application is loaded
+                # An error page is an answer: the application is loaded. So is a redirect
+                # (to https://, with production settings), which is not followed.
+                return self
             except (OSError, http.client.HTTPException):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.proc.kill()

@@ -29,3 +29,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and os.environ
     "MYKO_TEST_SQLITE_NAME"
 ):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["MYKO_TEST_SQLITE_NAME"]}  # noqa: F405
+
+# pytest-django turns DEBUG off, so WhiteNoise would serve a collected STATIC_ROOT (and warn
+# when there is none, as in a fresh checkout): under tests it finds files in the apps, as
+# with DEBUG on. tests/system/test_static_and_settings.py tests both modes on project.settings.
+WHITENOISE_AUTOREFRESH = True
+WHITENOISE_USE_FINDERS = True

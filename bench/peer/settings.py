@@ -10,7 +10,7 @@ layer.
 import os
 
 from project.settings import *  # noqa: F403
-from project.settings import INSTALLED_APPS
+from project.settings import INSTALLED_APPS, MYKO
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # The peer's groups are named by category alone: two runs sharing a Redis keep apart.
@@ -29,7 +29,9 @@ CHANNEL_LAYERS = {
     },
 }
 
-MYKO = {"CHANNEL_LAYER": "myko"}
+# The demo's MYKO (Scene and Target open to anyone) plus the layer: replacing it whole
+# would close Target to the anonymous subscribers of bench/fanout.py.
+MYKO = {**MYKO, "CHANNEL_LAYER": "myko"}
 
 if os.environ.get("MYKO_BENCH_GC_LOG"):
     # Diagnostics (bench/fanout.py --gc-log): every cyclic GC pause over 5 ms goes to the

@@ -8,6 +8,7 @@ derived operation of that name (a `DeleteTarget` command that checks something f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,15 @@ from django.db import models
 
 from myko_django.items import permissions
 from myko_django.items.errors import OperationError
+from myko_django.items.kinds import describe
 from myko_django.items.params import Param, ParamError, signature_params, validate
-from myko_django.items.permissions import DELETE, RUN, VIEW
+from myko_django.items.permissions import ADD, DELETE, RUN, VIEW
 from myko_django.items.registry import ItemType, registry
 from myko_django.live import filters
 from myko_django.live.updates import ReportSpec
 from myko_django.wire.envelope import RESERVED_KEYS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,9 +37,13 @@ class Handler:
     item_type: str | None = None
     depends: tuple[str, ...] = field(default_factory=tuple)
     # Its own permission class (None: its item type's, see items/permissions.py), and
-    # what running it counts as: "run" for a user command, "delete" for a derived delete.
+    # what running it counts as: "run" for a user command, "delete" for a derived delete,
+    # "add" for a derived create.
     permission: Any = None
     action: str = RUN
+    # Wire parameters -> keyword arguments, instead of `params` (a derived CreateX takes
+    # the item itself); raises OperationError.
+    parse: Callable[[Any], dict[str, Any]] | None = None
     wants_user: bool = False  # a query or report taking `user` (its result is per user)
 
     @property
@@ -51,6 +59,8 @@ class Handler:
         return code.co_firstlineno if code is not None else None
 
     def kwargs(self, given: Any) -> dict[str, Any]:
+        if self.parse is not None:
+            return self.parse(given)
         try:
             return validate(self.name, self.params, given)
         except ParamError as exc:
@@ -148,7 +158,7 @@ def report(
 
 
 def _derived_entries() -> Iterator[tuple[str, str, str, ItemType]]:
-    """(kind, name, what, item type) for the eight derived operations of each item type."""
+    """(kind, name, what, item type) for the nine derived operations of each item type."""
     for it in registry:
         yield "query", f"GetAll{it.plural}", "all", it
         yield "query", f"Get{it.plural}ByIds", "ids", it
@@ -156,6 +166,7 @@ def _derived_entries() -> Iterator[tuple[str, str, str, ItemType]]:
         yield "report", f"CountAll{it.plural}", "count_all", it
         yield "report", f"Count{it.plural}", "count", it
         yield "report", f"Get{it.name}ById", "by_id", it
+        yield "command", f"Create{it.name}", "create", it
         yield "command", f"Delete{it.name}", "delete", it
         yield "command", f"Delete{it.plural}", "delete_many", it
 
@@ -203,9 +214,11 @@ def _find(kind: str, name: str) -> Handler | tuple[str, ItemType] | None:
 
 
 def _filter_params(params: Any, op_name: str) -> dict[str, Any]:
+    """GetXsByQuery / CountXs parameters: the filter and the request's own data, which
+    `compile_filter(..., request=True)` tells apart (docs/protocol.md, "Filters")."""
     if not isinstance(params, dict):
         raise OperationError(f"{op_name}: parameters must be an object")
-    return {k: v for k, v in params.items() if k not in RESERVED_KEYS}
+    return params
 
 
 def _ids_param(op_name: str, params: Any) -> list[str]:
@@ -255,7 +268,7 @@ def _derived_filter(query_id: str, what: str, it: ItemType, params: Any) -> filt
     if what == "ids":
         return filters.filter_for_ids(it.schema, _ids_param(query_id, params), op_name=query_id)
     spec = _filter_params(params, query_id)
-    return filters.compile_filter(it.schema, spec, op_name=query_id)
+    return filters.compile_filter(it.schema, spec, op_name=query_id, request=True)
 
 
 def _user_filter(handler: Handler, it: ItemType, params: Any, user: Any) -> filters.Filter:
@@ -268,7 +281,14 @@ def _user_filter(handler: Handler, it: ItemType, params: Any, user: Any) -> filt
     if callable(result):
         return filters.Filter.from_predicate(result, key)
     if isinstance(result, dict):
-        return filters.compile_filter(it.schema, result, op_name=handler.name)
+        try:
+            return filters.compile_filter(it.schema, result, op_name=handler.name)
+        except filters.FilterKeyError as exc:
+            # The handler's mistake: the client gets the message as a query-error too.
+            logger.error(
+                "myko: query %s (%s) returned a bad filter: %s", handler.name, handler.where, exc
+            )
+            raise
     raise OperationError(
         f"{handler.name}: the handler returned {type(result).__name__}, "
         "expected a filter dict or a predicate"
@@ -276,8 +296,29 @@ def _user_filter(handler: Handler, it: ItemType, params: Any, user: Any) -> filt
 
 
 def _user_key(user: Any) -> Any:
-    """Who a per-user query or report is for: the signed-in user's pk, or anonymous."""
-    return ("user", user.pk) if getattr(user, "is_authenticated", False) else ("anonymous",)
+    """Who a per-user query or report is for: this very user object (a connection gets a
+    fresh one whenever its user changes: flags, groups, permissions), or anonymous. By pk
+    alone, a result computed for the user as they were (staff, say) stayed live and was
+    shared with their later connections."""
+    if not getattr(user, "is_authenticated", False):
+        return ("anonymous",)
+    return ("user", user.pk, _SameUser(user))
+
+
+class _SameUser:
+    """Equal only for the same user object, which it keeps alive (so its id is not reused
+    while a key holds it)."""
+
+    __slots__ = ("user",)
+
+    def __init__(self, user: Any) -> None:
+        self.user = user
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SameUser) and other.user is self.user
+
+    def __hash__(self) -> int:
+        return id(self.user)
 
 
 def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
@@ -303,10 +344,12 @@ def resolve_report(report_id: Any, params: Any, user: Any) -> ReportSpec:
                 return ReportSpec.count(it.name, filters.both(everything, visible))
             if what == "count":
                 spec = _filter_params(params, report_id)
-                flt = filters.compile_filter(it.schema, spec, op_name=report_id)
+                flt = filters.compile_filter(it.schema, spec, op_name=report_id, request=True)
                 return ReportSpec.count(it.name, filters.both(flt, visible))
             return ReportSpec.by_id(it.name, _id_param(report_id, params), visible=visible)
         visible = {}
+        if not found.depends:  # no item type to ask: its own permission, or the default
+            permissions.check(user, VIEW, None, f"run {report_id}", found.permission)
         for name in found.depends:
             it = registry.get(name)
             permissions.check(user, VIEW, it, f"run {report_id}", found.permission)
@@ -339,8 +382,26 @@ def resolve_command(command_id: Any) -> Handler:
 
 
 def _derived_command(name: str, what: str, it: ItemType) -> Handler:
-    """DeleteX and DeleteXs: a user needs `delete` on the type, and deletes only rows they
-    may see (others count as missing)."""
+    """CreateX: a user needs `add` on the type, and the new row must be visible to them (the
+    checks of a client's SET of a new id). DeleteX and DeleteXs: a user needs `delete` on
+    the type, and deletes only rows they may see (others count as missing)."""
+    if what == "create":
+
+        def create_one(ctx, *, item: dict) -> dict:
+            return {"id": ctx.create(it.name, item, checked=True)["id"]}
+
+        def parse(given: Any) -> dict[str, Any]:
+            if not isinstance(given, dict):
+                raise OperationError(f"{name}: parameters must be an object, got {describe(given)}")
+            if "id" in given:
+                raise OperationError(
+                    f'{name}: "id" is assigned by the server; leave it out (a client that '
+                    "chooses the id SETs the item with an event)"
+                )
+            return {"item": {k: v for k, v in given.items() if k not in RESERVED_KEYS}}
+
+        return Handler("command", name, create_one, [], it.name, action=ADD, parse=parse)
+
     if what == "delete":
 
         def delete_one(ctx, *, id: str) -> dict:

@@ -255,13 +255,29 @@ class ItemType:
             raise ItemError(f"{self.name} id must be a string, got {describe(item_id)}")
         return self.pk_codec.decode(item_id, self.name)
 
+    @property
+    def assigns_ids(self) -> bool:
+        """Whether the server can give a new row its id: an auto-increment primary key (of
+        the model or, with multi-table inheritance, of its root parent), or one with a
+        default (an `Item`'s UUID)."""
+        pk = self.model._meta.pk
+        while pk.remote_field is not None and pk.remote_field.parent_link:
+            pk = pk.target_field
+        return isinstance(pk, models.AutoField) or pk.has_default() or pk.has_db_default()
+
     def build(
-        self, wire_item: Any, existing: models.Model | None, *, check_references: bool = True
+        self,
+        wire_item: Any,
+        existing: models.Model | None,
+        *,
+        check_references: bool = True,
+        assign_id: bool = False,
     ) -> models.Model:
         """A validated model instance replacing the whole item (a SET, docs/protocol.md).
 
         `check_references=False` leaves foreign keys to `check_references()`, which checks a
-        whole batch in one query per field instead of one per item.
+        whole batch in one query per field instead of one per item. `assign_id=True` builds
+        a new row whose id the server assigns (CreateX): `wire_item` must not have one.
 
         Fields kept off the wire (`fields` / `exclude`) cannot be written: a key naming one
         is refused. An existing row keeps their stored values; a new row gets their defaults.
@@ -271,17 +287,30 @@ class ItemType:
         for key, wire in self.refused.items():
             if key in wire_item:
                 raise ItemError(f"{self.name}.{wire} cannot be written")
-        if "id" not in wire_item:
+        if assign_id:
+            if "id" in wire_item:
+                raise ItemError(f'{self.name}: "id" is assigned by the server; leave it out')
+            if not self.assigns_ids:
+                pk = self.model._meta.pk
+                raise ItemError(
+                    f"{self.name}: the server cannot assign the id of a new item "
+                    f"({self.model.__name__}.{pk.name} has no default and is not "
+                    "auto-increment); SET the item with its id instead"
+                )
+            instance = self.model()  # the key's default, or None for the database to assign
+            label = f"new {self.name}"
+        elif "id" not in wire_item:
             raise ItemError(f"{self.name}: item has no id")
-        pk = self.decode_id(wire_item["id"])
-        instance = self.model(pk=pk)
+        else:
+            instance = self.model(pk=self.decode_id(wire_item["id"]))
+            label = f"{self.name} {wire_item['id']}"
         if existing is not None:
             for f in self.kept:
                 setattr(instance, f.attname, getattr(existing, f.attname))
         elif self.required_kept:
             f = self.required_kept[0]
             raise ItemError(
-                f"{self.name} {wire_item['id']}: new items cannot be created over myko: "
+                f"{label}: new items cannot be created over myko: "
                 f"{self.name}.{self.refused.get(f.name, f.name)} is required, has no default "
                 "and is not exposed"
             )

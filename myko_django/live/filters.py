@@ -6,6 +6,7 @@ Pure Python: no Django. Equality is strict (1 is not True) and range compares de
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import math
 import sys
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from myko_django.wire.envelope import RESERVED_KEYS
+from myko_django.wire.envelope import EXTENSION_KEYS, RESERVED_KEYS
 
 __all__ = [
     "FILTER_KINDS",
     "Filter",
     "FilterError",
+    "FilterKeyError",
     "ItemSchema",
     "compile_filter",
     "field_key",
@@ -47,6 +49,10 @@ class ItemSchema:
 
 class FilterError(ValueError):
     """Query parameters that do not validate; the message names the operation and field."""
+
+
+class FilterKeyError(FilterError):
+    """A key that is not a field of the item type, or a reserved key used as a filter."""
 
 
 # ---------------------------------------------------------------------------
@@ -461,24 +467,41 @@ def _all_of(checks: list[Predicate]) -> Predicate:
     return every
 
 
-def compile_filter(schema: ItemSchema, params: Mapping[str, Any], *, op_name: str) -> Filter:
-    """Compile flat query fields (GetXsByQuery / CountXs) into a Filter; FilterError if invalid.
+def compile_filter(
+    schema: ItemSchema, params: Mapping[str, Any], *, op_name: str, request: bool = False
+) -> Filter:
+    """Compile flat item fields into a Filter; FilterError if invalid (FilterKeyError for
+    a key that is not a field), so a misspelt field never silently matches everything.
 
-    Unknown and reserved keys are ignored, absent or null fields match anything.
+    Absent or null fields match anything. `request`: `params` are the parameters of a
+    GetXsByQuery / CountXs request, where request data sits next to the fields: a
+    reserved key holding anything but an object, and a tolerated extension key
+    (EXTENSION_KEYS) that is not a field, are skipped. Without it (a handler's filter, a
+    visibility rule) every key must be a field, and a reserved key never is one.
     """
     if not isinstance(params, Mapping):
         raise FilterError(f"{op_name}: parameters must be an object, got {_show(params)}")
+    fields: list[tuple[str, str, Any]] = []
+    unknown: list[Any] = []
+    for field, v in params.items():
+        if field in RESERVED_KEYS:
+            if request and not isinstance(v, Mapping):
+                continue  # request data, as docs/protocol.md "Envelope" reserves it
+            raise _reserved_error(schema, field, op_name)
+        kind = schema.fields.get(field)
+        if kind is None:
+            if not (request and field in EXTENSION_KEYS):
+                unknown.append(field)
+        elif v is not None:
+            fields.append((field, kind, v))
+    if unknown:
+        raise _unknown_error(schema, unknown, op_name)
     checks: list[Predicate] = []
     specs: dict[str, Hashable] = {}
     eq_keys: dict[str, Hashable] = {}
     ids: frozenset[str] | None = None
     empty = False
-    for field, v in params.items():
-        if v is None or field in RESERVED_KEYS:
-            continue
-        kind = schema.fields.get(field)
-        if kind is None:
-            continue
+    for field, kind, v in fields:
         field = sys.intern(field)  # each decoded message brings its own copy of the name
         check, spec, eq_key, field_ids = _Compiler(op_name, field, kind).compile(v)
         checks.append(check)
@@ -495,6 +518,53 @@ def compile_filter(schema: ItemSchema, params: Mapping[str, Any], *, op_name: st
         # A field restricted to an empty set: nothing can match, so nothing needs indexing.
         return Filter(_match_none, key, (), frozenset())
     return Filter(_all_of(checks), key, tuple(eq_keys.items()), ids)
+
+
+_MAX_NAMED = 5  # unknown keys named in one message; a request may hold thousands
+
+
+def _known(schema: ItemSchema) -> str:
+    return f"{schema.name} has: {', '.join(schema.fields)}"
+
+
+def _did_you_mean(key: Any, fields: Iterable[str]) -> str | None:
+    """The field a misspelt key probably means: the same name but for case and
+    underscores (`buyer_id`, `BuyerID`: `buyerId`), a foreign key without its `Id`
+    (`buyer`: `buyerId`), the one field it begins (`cat`: `category`), else a close
+    spelling (`categroy`: `category`)."""
+    if not isinstance(key, str):
+        return None
+    fields = list(fields)
+    norm = key.replace("_", "").lower()
+    for name in fields:
+        if name.replace("_", "").lower() in (norm, norm + "id"):
+            return name
+    starting = [name for name in fields if len(norm) >= 3 and name.lower().startswith(norm)]
+    if len(starting) == 1:
+        return starting[0]
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _unknown_error(schema: ItemSchema, keys: list[Any], op_name: str) -> FilterKeyError:
+    named = []
+    for key in keys[:_MAX_NAMED]:
+        hint = _did_you_mean(key, schema.fields)
+        named.append(_show(key) + (f" (did you mean {_show(hint)}?)" if hint else ""))
+    more = f" and {len(keys) - _MAX_NAMED} more" if len(keys) > _MAX_NAMED else ""
+    noun = "field" if len(keys) == 1 else "fields"
+    return FilterKeyError(f"{op_name}: unknown {noun} {', '.join(named)}{more}; {_known(schema)}")
+
+
+def _reserved_error(schema: ItemSchema, key: str, op_name: str) -> FilterKeyError:
+    reserved = ", ".join(sorted(RESERVED_KEYS))
+    also = ""
+    if key in schema.fields:
+        also = f" (a {schema.name} field of that name can be filtered by a @query's predicate)"
+    return FilterKeyError(
+        f"{op_name}: {_show(key)} is reserved for request data ({reserved}), "
+        f"never a filter{also}; {_known(schema)}"
+    )
 
 
 def filter_for_ids(schema: ItemSchema, ids: Iterable[str], *, op_name: str | None = None) -> Filter:

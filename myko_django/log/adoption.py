@@ -48,7 +48,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from myko_django.items.registry import ItemType, registry
-from myko_django.log import append, reconcile
+from myko_django.log import append, reconcile, sequences
 from myko_django.log.tables import Adoption, Event
 
 SOURCE = "myko_adopt"
@@ -112,6 +112,10 @@ def adopt(
             _lock_table(item_type, using)
             page = list((rows if after is None else rows.filter(pk__gt=after))[:PAGE])
             if not page:
+                if after is not None:
+                    # Rows written with ids of their own (raw SQL, another app) may have
+                    # left the auto-increment sequence behind: move it past them.
+                    sequences.advance_past(model, [after], using)
                 mark([name], source, using, events=appended)
                 return appended
             ids = [item_type.wire_id(row[0]) for row in page]

@@ -17,7 +17,7 @@ from myko_django.items.operations import resolve_command
 from myko_django.items.registry import registry
 from myko_django.log.capture import write_transaction
 from myko_django.log.tables import CommandResult
-from myko_django.log.writepath import Change, apply, apply_sets
+from myko_django.log.writepath import Change, apply, apply_sets, create, db_message, writer_guard
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ class CommandContext:
         To write such a field, use the model (`ctx.model(item_type)`)."""
         return apply(Change("SET", item_type, item), using=self.using)
 
+    def create(self, item_type: str, item: dict, *, checked: bool = False) -> dict:
+        """Create an item whose id the server assigns (auto-increment, or the primary key's
+        default); `item` has no `id`. Returns it as stored, new id included. `checked`: obey
+        the checks of a client's SET of a new id for the command's user (the `add`
+        permission, and the new row must be visible to them), as the derived CreateX does."""
+        guard = writer_guard(self.user) if checked else None
+        return create(item_type, item, using=self.using, guard=guard)
+
     def set_many(self, item_type: str, items: list[dict]) -> int:
         """SET many items of one type at once: far fewer queries than a loop of set()
         (the same rule for fields kept off the wire)."""
@@ -78,8 +86,13 @@ class CommandContext:
         )
 
     def run(self, command_id: str, **params: Any) -> Any:
-        """Run another command inside this one's transaction (no idempotency record)."""
+        """Run another command inside this one's transaction (no idempotency record), once
+        its own permission allows `ctx.user` to, as if the client had sent it."""
         handler = resolve_command(command_id)
+        item_type = registry.get(handler.item_type) if handler.item_type else None
+        permissions.check(
+            self.user, handler.action, item_type, f"run {command_id}", handler.permission
+        )
         return handler.func(self, **handler.kwargs(params))
 
 
@@ -156,7 +169,9 @@ def run_command(
         raise CommandError(str(exc)) from None
     except DatabaseError as exc:
         logger.warning("myko: command %s (tx %s) failed in the database: %s", command_id, tx, exc)
-        raise CommandError(f"{command_id}: the database refused the change: {exc}") from None
+        raise CommandError(
+            f"{command_id}: the database refused the change: {db_message(exc)}"
+        ) from None
     except Exception as exc:
         logger.info("myko: command %s (tx %s) raised %r", command_id, tx, exc)
         raise CommandError(str(exc) or type(exc).__name__) from None

@@ -13,7 +13,7 @@ from myko_django.items.errors import ItemError
 from myko_django.items.permissions import ADD, CHANGE, DELETE, SYSTEM, PermissionDenied, check
 from myko_django.items.registry import ItemType, registry
 from myko_django.live.filters import Filter
-from myko_django.log import django_internals
+from myko_django.log import django_internals, sequences
 from myko_django.log.capture import write_transaction
 
 
@@ -24,6 +24,12 @@ class Change:
     change_type: str
     item_type: str
     item: dict[str, Any]
+
+
+def db_message(exc: BaseException) -> str:
+    """A database error as a client is told it: its first line. Postgres's DETAIL line
+    quotes the row ("Failing row contains (...)"), fields kept off the wire included."""
+    return str(exc).strip().split("\n", 1)[0]
 
 
 class NotFound(ItemError):
@@ -76,11 +82,8 @@ def apply(
     existing = rows.filter(pk=pk).first()
     before = item_type.encode(existing) if guard is not None and existing is not None else None
     if change.change_type == "DEL":
-        if (
-            existing is not None
-            and guard is not None
-            and not guard(item_type, DELETE, before, None)
-        ):
+        # Checked for a missing id too: a writer who may not delete learns nothing of ids.
+        if guard is not None and not guard(item_type, DELETE, before, None):
             existing = None  # hidden from this writer: as if it did not exist
         if existing is None:
             if missing_ok:
@@ -88,13 +91,21 @@ def apply(
             raise NotFound(f"{item_type.name} not found: {change.item['id']}")
         existing.delete()
         return True
-    instance = item_type.build(change.item, existing)
+    # The permission (and the row's visibility) first: a writer who may not write this
+    # row gets no validation messages, nor which referenced rows exist.
+    action = ADD if existing is None else CHANGE
+    if guard is not None and not guard(item_type, action, before, None):
+        raise PermissionDenied(f"may not change {item_type.name} {change.item['id']}")
+    instance = item_type.build(change.item, existing, check_references=guard is None)
     if guard is not None:
-        action = ADD if existing is None else CHANGE
         if not guard(item_type, action, before, item_type.encode(instance)):
             raise PermissionDenied(f"may not change {item_type.name} {change.item['id']}")
+        item_type.check_references([instance], using)
     try:
         if existing is None:
+            # An explicit id must not be handed out again by an auto-increment sequence.
+            _refuse_too_large(item_type, [pk], using)
+            sequences.advance_past(model, [pk], using)
             # A savepoint: a concurrent writer may insert the same id first (FOR UPDATE
             # cannot lock a row that does not exist yet).
             with transaction.atomic(using=using):
@@ -106,8 +117,43 @@ def apply(
             # Lost the race: SET replaces what it wrote (checked again, now as a change).
             return apply(change, using=using, guard=guard)
         raise ItemError(
-            f"{item_type.name} {change.item['id']}: rejected by the database: {exc}".strip()
+            f"{item_type.name} {change.item['id']}: rejected by the database: {db_message(exc)}"
         ) from exc
+    return item_type.encode(instance)
+
+
+def _refuse_too_large(item_type: ItemType, pks: Sequence[Any], using: str) -> None:
+    """A new row's explicit id must leave its auto-increment key's sequence room to go on
+    (log/sequences.py, "Not too far")."""
+    found = sequences.too_large(item_type.model, pks, using)
+    if found is not None:
+        pk, top = found
+        raise ItemError(
+            f"{item_type.name} {pk}: a new item's id may be at most {top} (larger ones would "
+            f"use up the ids the database assigns); leave the id out with Create{item_type.name}"
+        )
+
+
+def create(
+    item_type_name: str, item: Any, *, using: str = "default", guard: Guard | None = None
+) -> dict:
+    """Insert a new item whose id the server assigns, inside the caller's transaction: the
+    next value of an auto-increment key, or the primary key's default (a UUID for an
+    `Item`). `item` is the item without `id`, validated as a SET's; returns it as stored."""
+    item_type = registry.get(item_type_name)
+    # As in apply(): the permission first, then the item, then the new row's visibility.
+    if guard is not None and not guard(item_type, ADD, None, None):
+        raise PermissionDenied(f"may not add {item_type.plural}")
+    instance = item_type.build(item, None, assign_id=True, check_references=guard is None)
+    if guard is not None:
+        if not guard(item_type, ADD, None, item_type.encode(instance)):
+            raise PermissionDenied(f"may not add {item_type.plural}")
+        item_type.check_references([instance], using)
+    try:
+        with transaction.atomic(using=using):  # a refused row rolls back alone
+            instance.save(using=using, force_insert=True)
+    except IntegrityError as exc:
+        raise ItemError(f"{item_type.name}: rejected by the database: {db_message(exc)}") from exc
     return item_type.encode(instance)
 
 
@@ -141,6 +187,8 @@ def apply_sets(item_type_name: str, items: Sequence[Any], *, using: str = "defau
     manager = model._base_manager.using(using)
     try:
         if new:
+            _refuse_too_large(item_type, [i.pk for i in new], using)
+            sequences.advance_past(model, [i.pk for i in new], using)
             try:
                 with transaction.atomic(using=using):  # see apply(): racing inserts
                     manager.bulk_create(new)
@@ -157,7 +205,7 @@ def apply_sets(item_type_name: str, items: Sequence[Any], *, using: str = "defau
                         codec.field.pre_save(instance, False)
             manager.bulk_update(old, [c.field.name for c in item_type.codecs[1:]])
     except IntegrityError as exc:
-        raise ItemError(f"{item_type.name}: rejected by the database: {exc}".strip()) from exc
+        raise ItemError(f"{item_type.name}: rejected by the database: {db_message(exc)}") from exc
     return len(instances)
 
 
@@ -238,7 +286,7 @@ def _apply_each(
         except DatabaseError as exc:
             if not savepoints:
                 raise
-            rejected.append((index, event, str(exc)))
+            rejected.append((index, event, db_message(exc)))
         except (ItemError, ValueError, TypeError) as exc:
             if not savepoints and isinstance(exc.__cause__, DatabaseError):
                 raise exc.__cause__ from exc  # the transaction may be aborted: redo

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import time
 from typing import Any
 
 from myko_django import conf
@@ -14,7 +15,7 @@ from myko_django.live.filters import Filter
 from myko_django.live.updates import ReportSpec
 from myko_django.log.commands import CommandError, run_command
 from myko_django.log.writepath import apply_events
-from myko_django.server import authentication
+from myko_django.server import authentication, metrics
 from myko_django.server.connection import CommandRejected, Limits
 from myko_django.server.hub import Hub
 from myko_django.version import __version__
@@ -67,12 +68,16 @@ class DatabaseBackend:
         self, command_id: Any, request: Any, *, tx: str, user: Any, source_id: str
     ) -> tuple[Any, int]:
         token = request.get("userToken") if isinstance(request, dict) else None
+        started, result = time.perf_counter(), "error"
         try:
             outcome = await self.hub.db(
                 _run_command_as, token, command_id, request, tx=tx, user=user, source_id=source_id
             )
+            result = "ok"
         except CommandError as exc:
             raise CommandRejected(str(exc)) from None
+        finally:
+            metrics.COUNTS.commands[result].observe(time.perf_counter() - started)
         return outcome.response, outcome.position
 
     async def apply_events(

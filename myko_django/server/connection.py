@@ -171,6 +171,12 @@ class Connection:
         self._worker = asyncio.get_running_loop().create_task(self._run_work())
         hub.attach(self, self._deliver)
 
+    @property
+    def busy(self) -> bool:
+        """Commands or events of this connection wait or run (a draining worker closes the
+        socket once they are done: server/drain.py)."""
+        return self._in_flight > 0
+
     async def close(self) -> None:
         """The client went away: drop subscriptions; a running command still finishes."""
         self.loading.clear()  # stores still loading must not subscribe a closed connection
@@ -278,8 +284,12 @@ class Connection:
 
     async def _receive(self, message: Any, admitted: bool) -> None:
         """A decoded message; one over the message rate gets its error reply instead, except
-        a cancel, which only releases and is applied anyway."""
-        if admitted or (isinstance(message, dict) and message.get("event") in _CANCELS):
+        a cancel, which only releases and is applied anyway (but still counts toward
+        closing: a flood of cancels costs their decoding)."""
+        if admitted:
+            await self._handle_safely(message)
+        elif isinstance(message, dict) and message.get("event") in _CANCELS:
+            self._refuse(None, self._rate_exceeded())  # counted, not answered
             await self._handle_safely(message)
         else:
             self._refuse(message, self._rate_exceeded())
@@ -578,9 +588,13 @@ class Connection:
         if not isinstance(tx, str):
             return self._bad("ws:m:report without report.tx")
         try:
-            spec = self.backend.resolve_report(report_id, request, self.user)
-            for item_type in spec.item_types:
-                await self.hub.ensure_store(item_type)
+            user, spec = self.user, None
+            # Again if set_user ran while a store loaded: its pass did not see this report.
+            while spec is None or user is not self.user:
+                user = self.user
+                spec = self.backend.resolve_report(report_id, request, user)
+                for item_type in spec.item_types:
+                    await self.hub.ensure_store(item_type)
             if again and self.hub.engine.subscription_key(self, tx) == spec.key:
                 return
             self._forget(tx)

@@ -20,6 +20,7 @@ from django.db import connections
 
 from myko_django import conf
 from myko_django.live.committed import CommittedEvent
+from myko_django.server import metrics
 
 try:
     from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -67,25 +68,32 @@ def group_name(using: str = "default") -> str:
     return f"myko.events.{name}.{digest}"
 
 
-def to_message(events: Sequence[CommittedEvent]) -> dict:
-    return {
+def to_message(events: Sequence[CommittedEvent], at: float | None = None) -> dict:
+    """`at`: when the first of them committed (time.time()), for the fan-out lag metric."""
+    message = {
         "type": MESSAGE_TYPE,
         "events": [[e.position, e.item_type, e.item_id, e.change_type, e.item] for e in events],
     }
+    if at is not None:
+        message["at"] = at
+    return message
 
 
 def from_message(message: dict) -> list[CommittedEvent]:
     return [CommittedEvent(*row) for row in message.get("events", ())]
 
 
-async def ring(events: Sequence[CommittedEvent], using: str = "default") -> None:
+async def ring(
+    events: Sequence[CommittedEvent], using: str = "default", *, at: float | None = None
+) -> None:
     """Send committed events to every worker (from a process with an event loop)."""
     target = layer()
     if target is None:
         return
     try:
-        await target.group_send(group_name(using), to_message(events))
+        await target.group_send(group_name(using), to_message(events, at))
     except Exception as exc:  # the log is the truth; workers poll it
+        metrics.COUNTS.doorbell_ring_failures += 1
         logger.warning("myko: could not ring the doorbell (%s); workers will poll the log", exc)
 
 
@@ -104,7 +112,8 @@ def ring_from_thread(events: Sequence[CommittedEvent]) -> None:
 
 
 class Listener:
-    """A worker's membership of the group: hands arriving events to `on_events`."""
+    """A worker's membership of the group: hands arriving events to
+    `on_events(events, at)` (`at`: when the first committed, None if the ringer did not say)."""
 
     REJOIN_EVERY = 3600.0  # group memberships expire (channels-redis group_expiry: 1 day)
 
@@ -157,10 +166,12 @@ class Listener:
                 message = await self.layer.receive(channel)
                 delay = 0.1
                 if message.get("type") == MESSAGE_TYPE:
-                    self.on_events(from_message(message))
+                    at = message.get("at")
+                    self.on_events(from_message(message), at if isinstance(at, float) else None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                metrics.COUNTS.doorbell_listen_failures += 1
                 logger.warning(
                     "myko: channel layer unavailable (%s); retrying in %.1fs", exc, delay
                 )

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import sys
 import types
 from importlib import import_module
 from typing import Any
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from myko_django import conf
-from myko_django.server import authentication
+from myko_django.server import authentication, drain, metrics
 from myko_django.server.backend import DatabaseBackend
 from myko_django.server.connection import Connection
 from myko_django.server.hub import get_hub
@@ -28,6 +29,7 @@ from myko_django.server.hub import get_hub
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
+_COUNTS = metrics.COUNTS
 
 
 class MykoConsumer:
@@ -44,8 +46,14 @@ class MykoConsumer:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        if not _close_codes_fixed:
+            fix_daphne_close_codes()
         hub = await get_hub()
+        if drain.draining():
+            return await _refuse_while_draining(send)
         identity = await authentication.identify(hub, scope)  # MYKO["AUTHENTICATORS"]
+        if drain.draining():
+            return await _refuse_while_draining(send)
         outbox = Outbox(send)
         connection = Connection(
             hub,
@@ -55,6 +63,12 @@ class MykoConsumer:
             address=tuple(scope.get("server") or ("", 0)),
         )
         await send({"type": "websocket.accept"})
+        _COUNTS.connections_opened += 1
+
+        async def close_for_restart() -> None:
+            await send({"type": "websocket.close", "code": drain.CLOSE_RESTART})
+
+        drain.track(connection, close_for_restart)  # a SIGTERM closes it with 1012
         watcher = authentication.watcher(hub)
         watcher.watch(connection, identity)  # its user is rechecked while it is open
         limit = conf.get("MAX_MESSAGE_SIZE")
@@ -85,9 +99,51 @@ class MykoConsumer:
                     await send({"type": "websocket.close", "code": connection.close_code})
                     break
         finally:
+            drain.forget(connection)
             watcher.forget(connection)
             await connection.close()
             outbox.close()
+
+
+# The close codes of RFC 6455 and IANA's registry that this endpoint closes with.
+SERVER_CLOSE_CODES = frozenset({1008, 1009, 1011, 1012, 1013})
+_close_codes_fixed = False
+
+
+def fix_daphne_close_codes() -> bool:
+    """Let daphne send the close codes of the protocol (1008, 1009, 1012; docs/protocol.md).
+
+    daphne closes a socket with autobahn's `sendClose`, which takes only 1000 and
+    3000-4999 from an application and raises for anything else: no close frame is sent,
+    the exception ends the application, and the client sees 1011 or a dropped connection.
+    For SERVER_CLOSE_CODES daphne's `serverClose` sends the frame with autobahn's
+    `sendCloseFrame` instead, as daphne itself does for 1011. Done once per process, only
+    where daphne serves (its WebSocket module is loaded); True if done. Pinned by
+    tests/system/test_operations.py."""
+    global _close_codes_fixed
+    _close_codes_fixed = True
+    module = sys.modules.get("daphne.ws_protocol")
+    protocol = getattr(module, "WebSocketProtocol", None)
+    original = getattr(protocol, "serverClose", None)
+    if original is None or getattr(original, "myko_fixed", False):
+        return False
+
+    def server_close(self: Any, code: int | None = None) -> None:
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code)
+        else:
+            original(self, code=code)
+
+    server_close.myko_fixed = True  # type: ignore[attr-defined]
+    protocol.serverClose = server_close
+    return True
+
+
+async def _refuse_while_draining(send: Any) -> None:
+    """A handshake while this worker drains: accepted and closed at once with 1012, so the
+    client reconnects, to another worker (a refused handshake would look like a 403)."""
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": drain.CLOSE_RESTART})
 
 
 def _frame_message(frame: str | bytes) -> dict:
@@ -116,6 +172,9 @@ class Outbox:
         self.task: asyncio.Task | None = None
 
     def put(self, frame: str | bytes) -> None:
+        counts = _COUNTS  # every frame sent comes through here
+        counts.frames_out += 1
+        counts.bytes_out += len(frame)
         if self.task is not None:
             self.queue.append(frame)
             return

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,7 @@ from myko_django.live.sequencer import Sequencer, Steps
 from myko_django.live.updates import Update
 from myko_django.log import publish
 from myko_django.log.read import high_water, read_request, read_snapshot
-from myko_django.server import doorbell, gcpause
+from myko_django.server import doorbell, drain, gcpause, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +77,15 @@ class Hub:
         self.loop = loop
         self.engine = Engine({it.name: it.schema for it in registry})
         self.sequencer = Sequencer(self.engine, position)
+        self.first_position = position  # applied since: sequencer.applied - first_position
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="myko-db")
         self.sinks: dict[Hashable, Callable[[Update], None]] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._repairing = False
         self._inbox: list[CommittedEvent] = []  # arrived, not yet offered to the sequencer
         self._unrung: list[CommittedEvent] = []  # committed here, not yet rung to the others
+        self._unrung_at: float | None = None  # when the first of them committed (time.time)
+        self._oldest_at: float | None = None  # commit time of the oldest event in the inbox
         self._flush_scheduled = False
         publish.add_listener(self._published)
         self._poller = loop.create_task(self._poll())
@@ -94,7 +98,9 @@ class Hub:
         loop = asyncio.get_running_loop()
         position = await loop.run_in_executor(None, _high_water_once)
         _freeze_startup_objects()
-        return cls(loop, position)
+        hub = cls(loop, position)
+        drain.install(loop)  # under daphne: SIGTERM drains the sockets first (drain.py)
+        return hub
 
     def close(self) -> None:
         """Stop listening and close the database threads' connections (one per thread)."""
@@ -144,21 +150,27 @@ class Hub:
     def _published(self, events: list[CommittedEvent]) -> None:
         """Called after commit on whatever thread committed: apply here, tell the others."""
         try:
-            self.loop.call_soon_threadsafe(self._committed_here, events)
+            self.loop.call_soon_threadsafe(self._committed_here, events, time.time())
         except RuntimeError:  # loop closed: this process is shutting down
             pass
 
-    def _committed_here(self, events: list[CommittedEvent]) -> None:
+    def _committed_here(self, events: list[CommittedEvent], at: float) -> None:
         if self.doorbell.layer is not None:
+            if not self._unrung:
+                self._unrung_at = at
             self._unrung.extend(events)
-        self.receive(events)
+        self.receive(events, at)
 
-    def receive(self, events: Iterable[CommittedEvent]) -> None:
+    def receive(self, events: Iterable[CommittedEvent], at: float | None = None) -> None:
         """Take events (from this process's commits or the doorbell) and apply them in the
         next flush: everything that arrives while the loop is busy (sending the previous
         batch's frames) is applied together, so each subscription gets one message per
         flush however many commits it covers (with the latest state of each item), and an
-        overloaded worker sends fewer, fuller messages instead of falling further behind."""
+        overloaded worker sends fewer, fuller messages instead of falling further behind.
+
+        `at`: when they committed (time.time(), for the fan-out lag metric), if known."""
+        if at is not None and (self._oldest_at is None or at < self._oldest_at):
+            self._oldest_at = at
         self._inbox.extend(events)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -168,12 +180,16 @@ class Hub:
         """Ring the other workers once for what committed here, apply what arrived."""
         self._flush_scheduled = False
         if self._unrung:
-            self.loop.create_task(doorbell.ring(self._unrung))
+            self.loop.create_task(doorbell.ring(self._unrung, at=self._unrung_at))
             self._unrung = []
         if self._inbox:
             events, self._inbox = self._inbox, []
+            applied = self.sequencer.applied
             with gcpause.paused():
                 self.deliver(self.sequencer.offer(events))
+            at, self._oldest_at = self._oldest_at, None
+            if at is not None and self.sequencer.applied > applied:  # once per flush
+                metrics.COUNTS.fanout_seconds.observe(max(0.0, time.time() - at))
         if self.sequencer.gap() is not None and not self._repairing:
             self._repairing = True
             self.loop.create_task(self._repair())
@@ -192,6 +208,7 @@ class Hub:
                 self.deliver(done.value)
 
     async def _repair(self) -> None:
+        metrics.COUNTS.gap_repairs += 1
         try:
             await self.run(self.sequencer.fill_gaps())
         except Exception:
@@ -211,6 +228,15 @@ class Hub:
                 raise
             except Exception:
                 logger.exception("myko: polling the event log failed")
+
+    def lag(self) -> int:
+        """Positions this hub has heard of (arrived, or buffered behind a gap) but not
+        applied yet. What was committed but not heard of yet (no doorbell) shows up at the
+        next poll, within POLL_INTERVAL."""
+        applied = self.sequencer.applied
+        gap = self.sequencer.gap()
+        heard = max(applied, gap[1] if gap else applied, *(e.position for e in self._inbox))
+        return heard - applied
 
     async def catch_up(self, position: int) -> None:
         """Return once every position <= `position` is applied here (read-your-writes)."""
@@ -264,6 +290,16 @@ async def get_hub() -> Hub:
     finally:
         del _starting[loop]
     return hub
+
+
+def running_hub() -> Hub | None:
+    """The hub of the running loop if it has started (never starts one)."""
+    return _hubs.get(asyncio.get_running_loop())
+
+
+def hubs() -> list[Hub]:
+    """Every hub of this process (one per event loop; under daphne, one)."""
+    return list(_hubs.values())
 
 
 def reset() -> None:

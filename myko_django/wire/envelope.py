@@ -59,6 +59,11 @@ SWITCH_REPLY = '{"event":"ws:m:protocol-switch","data":{"protocol":"msgpack"}}'
 # Keys of a request that are envelope data, never query filters or command parameters.
 RESERVED_KEYS = frozenset({"tx", "createdAt", "seq", "userToken"})
 
+# Request data newer clients add next to the parameters (docs/protocol.md, "Envelope"). The
+# parameters of GetXsByQuery / CountXs are a filter, where any other key that is not a
+# field of the item type is an error; these are tolerated there unless they name a field.
+EXTENSION_KEYS = frozenset({"serviceId"})
+
 
 class WindowError(ValueError):
     """A window that is not `{offset, limit}` with non-negative integers, or null."""

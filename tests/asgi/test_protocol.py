@@ -10,6 +10,7 @@ mocked. Each test runs once in JSON and once in MessagePack through the
 from __future__ import annotations
 
 import json
+import logging
 
 import cbor2
 import msgpack
@@ -829,14 +830,94 @@ async def test_unknown_keys_are_ignored(client):
     assert await client.recv() == {"event": "ws:m:ping", "data": {"id": 1}}
 
 
-async def test_unknown_fields_in_query_parameters_are_ignored(client):
+TARGET_FIELDS = "Target has: id, name, category, sceneId"
+
+
+async def test_unknown_fields_in_query_parameters_are_errors(client):
+    """GetXsByQuery / CountXs parameters are a filter: an unknown key there used to be
+    ignored, so a misspelt field (`{"buyer_id": ...}`) silently matched every item (issue
+    10, point 6). It is now an error that names the key, the field probably meant and the
+    fields there are; the subscription does not start. A user query's own parameters are
+    no filter and keep the rule of operation parameters: unknown ones are ignored."""
     await seed_targets("x1", category="x")
     await seed_targets("y1", category="y")
-    _, data = await client.subscribe(
-        "GetTargetsByQuery", "Target", {"category": "x", "notAField": 5}
+    tx = await client.query("GetTargetsByQuery", "Target", {"category": "x", "notAField": 5})
+    assert await client.expect("ws:m:query-error") == {
+        "tx": tx,
+        "queryId": "GetTargetsByQuery",
+        "message": f'GetTargetsByQuery: unknown field "notAField"; {TARGET_FIELDS}',
+    }
+    tx = await client.query("GetTargetsByQuery", "Target", {"scene_id": None})
+    data = await client.expect("ws:m:query-error")
+    assert data["message"] == (
+        f'GetTargetsByQuery: unknown field "scene_id" (did you mean "sceneId"?); {TARGET_FIELDS}'
     )
-    assert set(items_by_id(data)) == {"x1"}
-    r = await client.report("CountTargets", {"category": "x", "notAField": 5})
-    assert await client.expect("ws:m:report-response") == {"response": {"count": 1}, "tx": r}
+    await client.send("ws:m:query-cancel", {"tx": tx})  # as the TS client does: a no-op
+    _, data = await client.subscribe("GetTargetsByQuery", "Target", {"category": "x"}, tx=tx)
+    assert set(items_by_id(data)) == {"x1"}  # the tx was free again
+    r = await client.report("CountTargets", {"Category": "x"})
+    assert await client.expect("ws:m:report-error") == {
+        "tx": r,
+        "reportId": "CountTargets",
+        "message": f'CountTargets: unknown field "Category" (did you mean "category"?); '
+        f"{TARGET_FIELDS}",
+    }
     _, data = await client.subscribe("GetLongLabelGadgets", "Gadget", {"length": 2, "x": 1})
     assert data["totalCount"] == 0
+
+
+async def test_request_data_next_to_filter_fields_is_no_filter_and_no_error(client):
+    """What clients put in a query request besides the fields: the reserved keys (the
+    Python client adds createdAt, the TypeScript client tx and createdAt, and seq when it
+    re-sends) and the extension key serviceId, inside `query` (test_unknown_keys_are_ignored
+    has serviceId in `data`)."""
+    await seed_targets("x1", category="x")
+    await seed_targets("y1", category="y")
+    request = {
+        "category": "x",
+        "seq": 0,
+        "createdAt": "2024-01-01T00:00:00Z",
+        "userToken": "",
+        "serviceId": "svc",
+    }
+    for event in ("ws:m:query", "ws:m:view"):
+        _, data = await client.subscribe("GetTargetsByQuery", "Target", request, event=event)
+        assert set(items_by_id(data)) == {"x1"}
+    r = await client.report("CountTargets", request)
+    assert await client.expect("ws:m:report-response") == {"response": {"count": 1}, "tx": r}
+
+
+async def test_a_reserved_key_used_as_a_filter_is_a_query_error(client):
+    """A reserved key holding a filter object cannot be request data (that is never an
+    object): it is meant as a filter, and reserved keys never filter."""
+    params = {"createdAt": {"kind": "range", "value": {"min": "2024-01-01T00:00:00Z"}}}
+    tx = await client.query("GetTargetsByQuery", "Target", params)
+    data = await client.expect("ws:m:query-error")
+    assert data["tx"] == tx
+    assert data["message"].startswith('GetTargetsByQuery: "createdAt" is reserved for request')
+    assert data["message"].endswith(TARGET_FIELDS)
+
+
+async def test_a_user_query_returning_an_unknown_key_is_an_error_and_logged(client, caplog):
+    """A @query handler's filter holds no request data: a key that is not a field (here
+    a snake_case name) is the handler's mistake. The client gets a query-error instead of
+    every item, and the server log says which handler."""
+    from myko_django.items import operations
+    from myko_django.permissions import AllowAny
+
+    def bad(*, label: str):
+        return {"label": label, "seen_at": None}
+
+    operations.query("GetGadgetsBadly", item="Gadget", permission=AllowAny)(bad)
+    caplog.set_level(logging.ERROR, logger="myko_django")
+    try:
+        tx = await client.query("GetGadgetsBadly", "Gadget", {"label": "a"})
+        data = await client.expect("ws:m:query-error")
+    finally:
+        operations.unregister("query", "GetGadgetsBadly")
+    assert (data["tx"], data["queryId"]) == (tx, "GetGadgetsBadly")
+    message = 'GetGadgetsBadly: unknown field "seen_at" (did you mean "seenAt"?); Gadget has: '
+    assert data["message"].startswith(message)
+    [record] = [r for r in caplog.records if "GetGadgetsBadly" in r.getMessage()]
+    assert record.levelno == logging.ERROR and message in record.getMessage()
+    assert "test_protocol" in record.getMessage()  # the handler's module

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.core import checks
-from django.core.management import call_command
+from django.core.management import call_command, get_commands
 from django.core.management.base import SystemCheckError
 
 from myko_django import checks as myko_checks
@@ -31,6 +32,9 @@ MYKO_CHECKS = [
     myko_checks.check_settings,
     myko_checks.check_operations,
     myko_checks.check_databases,
+    myko_checks.check_daphne,
+    myko_checks.check_asgi_application,
+    myko_checks.check_sqlite_transactions,
 ]
 
 
@@ -420,3 +424,95 @@ def test_postgres_without_kept_or_pooled_connections_is_a_warning(settings, conf
 def test_kept_or_pooled_connections_are_quiet(settings, config):
     settings.DATABASES = {**settings.DATABASES, "app": config}
     assert myko_checks.check_databases() == []
+
+
+# ---- serving it: daphne, ASGI_APPLICATION, SQLite's transaction mode ----------------------
+
+
+def _installed(monkeypatch, *labels: str) -> None:
+    """The app registry lists these installed apps, in this order (changing INSTALLED_APPS
+    itself would reload the registry)."""
+    configs = [django_apps.get_app_config(label) for label in labels]
+    monkeypatch.setattr(myko_checks.apps, "get_app_configs", lambda: configs)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ("daphne", "staticfiles", "myko_django"),
+        ("auth", "daphne", "staticfiles", "myko_django"),  # no runserver before daphne
+        ("contenttypes", "myko_django", "daphne"),  # no staticfiles: anywhere will do
+    ],
+)
+def test_daphne_before_other_runservers_is_quiet(monkeypatch, labels):
+    _installed(monkeypatch, *labels)
+    assert myko_checks.check_daphne() == []
+
+
+def test_no_daphne_is_a_warning_that_runserver_serves_no_websocket(monkeypatch):
+    _installed(monkeypatch, "staticfiles", "myko_django")
+    [warning] = myko_checks.check_daphne()
+    assert (warning.id, warning.level) == ("myko.W030", checks.WARNING)
+    assert "clients connecting to /myko get HTTP 404" in warning.msg
+    assert warning.hint.startswith('Put "daphne" first in INSTALLED_APPS')
+
+
+def test_an_app_with_its_own_runserver_before_daphne_is_a_warning(monkeypatch):
+    _installed(monkeypatch, "auth", "staticfiles", "daphne", "myko_django")
+    [warning] = myko_checks.check_daphne()
+    assert (warning.id, warning.level) == ("myko.W031", checks.WARNING)
+    assert warning.msg.startswith(
+        "'django.contrib.staticfiles' comes before 'daphne' in INSTALLED_APPS and has a "
+        "runserver command of its own, which wins"
+    )
+    assert warning.hint.startswith('Move "daphne" to the top of INSTALLED_APPS')
+
+
+def test_runserver_is_the_first_listed_apps_one():
+    """What W030/W031 rely on: of two apps with a runserver command, the first listed wins."""
+    assert get_commands()["runserver"] == "daphne"  # listed before django.contrib.staticfiles
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_no_asgi_application_is_a_warning_with_the_helper(settings, value):
+    settings.ASGI_APPLICATION = value
+    [warning] = myko_checks.check_asgi_application()
+    assert (warning.id, warning.level) == ("myko.W032", checks.WARNING)
+    assert "myko_django.asgi.get_asgi_application()" in warning.hint
+    del settings.ASGI_APPLICATION
+    assert ids(myko_checks.check_asgi_application()) == ["myko.W032"]
+
+
+SQLITE = "django.db.backends.sqlite3"
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize(
+    "options", [None, {}, {"timeout": 20}, {"transaction_mode": "DEFERRED"}, {"init_command": ""}]
+)
+def test_sqlite_without_immediate_transactions_is_a_warning(settings, options):
+    config = {"ENGINE": SQLITE, "NAME": "app.sqlite3"}
+    if options is not None:
+        config["OPTIONS"] = options
+    settings.DATABASES = {**settings.DATABASES, "app": config}
+    [warning] = myko_checks.check_sqlite_transactions()
+    assert (warning.id, warning.level) == ("myko.W033", checks.WARNING)
+    assert 'fail with "database is locked"' in warning.msg
+    assert warning.hint.startswith(
+        'Set DATABASES["app"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}'
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ENGINE": SQLITE, "NAME": "a.sqlite3", "OPTIONS": {"transaction_mode": "IMMEDIATE"}},
+        {"ENGINE": SQLITE, "NAME": "a.sqlite3", "OPTIONS": {"transaction_mode": "exclusive"}},
+        {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": 60},
+        {"ENGINE": "no.such.backend", "NAME": "app"},
+    ],
+)
+def test_sqlite_with_immediate_transactions_and_other_databases_are_quiet(settings, config):
+    settings.DATABASES = {**settings.DATABASES, "app": config}
+    assert myko_checks.check_sqlite_transactions() == []

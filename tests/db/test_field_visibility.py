@@ -214,16 +214,17 @@ def test_ctx_set_in_a_command_refuses_excluded_fields_and_ctx_get_hides_them():
 
 def test_a_filter_on_an_excluded_field_cannot_probe_its_value():
     """The engine's schema lacks the field, so a filter cannot tell a right guess from a
-    wrong one (today unknown keys are ignored; if they are refused one day, both are)."""
+    wrong one: to a filter it is an unknown key, refused with one message for both."""
     make_account()
 
     def key(params):
         try:
-            return operations.resolve_query("GetAccountsByQuery", "Account", params)[1].key
+            return operations.resolve_query("GetAccountsByQuery", "Account", params, None)[1].key
         except Exception as exc:  # noqa: BLE001 - whatever it is, it must not differ
             return str(exc)
 
     assert key({"apiToken": SECRET}) == key({"apiToken": "wrong"})
+    assert key({"apiToken": SECRET}).startswith('GetAccountsByQuery: unknown field "apiToken"')
 
 
 # ---- rebuild and resync -----------------------------------------------------------------

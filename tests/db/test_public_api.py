@@ -61,3 +61,18 @@ def test_client_api():
     assert "protocol" in inspect.signature(connect).parameters
     for method in ("send_event", "command", "query", "close"):
         assert callable(getattr(Client, method))
+
+
+def test_asgi_application_routes_http_to_django_and_websockets_to_myko():
+    from django.core.handlers.asgi import ASGIHandler
+
+    from myko_django.asgi import get_asgi_application
+    from myko_django.server.endpoint import OriginValidator
+
+    routes = get_asgi_application().application_mapping
+    assert isinstance(routes["http"], ASGIHandler)
+    assert isinstance(routes["websocket"], OriginValidator)
+
+    async def mine(scope, receive, send): ...
+
+    assert get_asgi_application(http=mine).application_mapping["http"] is mine

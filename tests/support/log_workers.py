@@ -2,7 +2,7 @@
 a reader that tails the log and reports any position it saw before a lower one.
 
     python -m tests.support.log_workers write <count> <seed>
-    python -m tests.support.log_workers read <seconds>
+    python -m tests.support.log_workers read <seconds> [<last position>]
 """
 
 import os
@@ -28,11 +28,12 @@ def write(count: int, seed: int) -> None:
             time.sleep(rng.uniform(0, 0.02))  # a stall between append and commit
 
 
-def read(seconds: float) -> None:
-    """Tail the log: each read must continue exactly where the last one ended."""
+def read(seconds: float, until: int | None = None) -> None:
+    """Tail the log for up to `seconds` (or until position `until` was read): each read must
+    continue exactly where the last one ended."""
     last, reads, problems = 0, 0, []
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (until is None or last < until):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT position FROM myko_event WHERE position > %s ORDER BY position", [last]
@@ -52,4 +53,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(int(sys.argv[2]), int(sys.argv[3]))
     else:
-        read(float(sys.argv[2]))
+        read(float(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -265,7 +265,8 @@ class MemoryBackend:
                 if query_id == f"Get{name}sByIds":
                     ids = request.get("ids") if isinstance(request, dict) else None
                     return name, filter_for_ids(schema, ids, op_name=query_id)
-                return name, compile_filter(schema, _params(query_id, request), op_name=query_id)
+                spec = _params(query_id, request)
+                return name, compile_filter(schema, spec, op_name=query_id, request=True)
             except FilterError as exc:
                 raise OperationError(str(exc)) from None
         raise OperationError(f"Query handler not found: {query_id}")
@@ -281,7 +282,8 @@ class MemoryBackend:
                 if report_id == f"CountAll{name}s":
                     return ReportSpec.count(name, compile_filter(schema, {}, op_name=report_id))
                 if report_id == f"Count{name}s":
-                    flt = compile_filter(schema, _params(report_id, request), op_name=report_id)
+                    spec = _params(report_id, request)
+                    flt = compile_filter(schema, spec, op_name=report_id, request=True)
                     return ReportSpec.count(name, flt)
             except FilterError as exc:
                 raise OperationError(str(exc)) from None
@@ -341,7 +343,7 @@ class MemoryBackend:
 def _params(op_name: str, request: Any) -> dict:
     if not isinstance(request, dict):
         raise OperationError(f"{op_name}: parameters must be an object")
-    return {k: v for k, v in request.items() if k not in RESERVED_KEYS}
+    return request
 
 
 def _change(event: Any) -> tuple[str, str, dict]:

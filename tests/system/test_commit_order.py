@@ -24,7 +24,9 @@ def test_concurrent_writers_with_stalls_commit_in_position_order():
             text=True,
         )
 
-    readers = [run("read", "6") for _ in range(2)]
+    # Readers tail the log until they have read all 240 positions (60 s at most: a loaded
+    # machine writes slower, and reading to the end is what the test is about).
+    readers = [run("read", "60", "240") for _ in range(2)]
     writers = [run("write", "60", str(seed)) for seed in range(4)]
     for w in writers:
         assert w.wait(timeout=60) == 0

@@ -5,6 +5,7 @@ import pytest
 from myko_django.live.filters import (
     Filter,
     FilterError,
+    FilterKeyError,
     ItemSchema,
     compile_filter,
     field_key,
@@ -80,18 +81,110 @@ def test_field_key_decodes():
 # -- equality ------------------------------------------------------------------
 
 
+def req(params):
+    """GetTargetsByQuery parameters as a request carries them: fields and request data."""
+    return compile_filter(SCHEMA, params, op_name=OP, request=True)
+
+
 def test_empty_and_null_params_match_everything():
-    for params in ({}, {"name": None}, {"nope": 5}, {"tx": "t", "createdAt": "x", "seq": 0}):
-        flt = f(params)
+    """null is "no filter on this field", not "the field is null" (docs/protocol.md,
+    "Filters"), in a request and in a handler's filter alike."""
+    for params in ({}, {"name": None}, {"name": None, "sceneId": None}):
+        for flt in (f(params), req(params)):
+            assert flt.matches(item())
+            assert flt.matches(item(sceneId="s"))
+            assert flt.matches({"id": "2"})
+    assert f({}).key == f({"name": None}).key == req({"name": None, "tx": "abc"}).key
+
+
+def test_request_data_next_to_the_fields_is_no_filter():
+    """The reserved keys (holding anything but an object) and the extension key serviceId
+    are request data the protocol lets clients put next to the fields: never filters,
+    never errors."""
+    data = {"tx": "t", "createdAt": "2024-01-01T00:00:00Z", "seq": 0, "userToken": "u"}
+    for extra in ({}, {"serviceId": "svc"}, {"seq": None, "serviceId": 7}):
+        flt = req({**data, **extra})
+        assert flt.key == f({}).key
         assert flt.matches(item())
-        assert flt.matches({"id": "2"})
-    assert f({}).key == f({"name": None, "tx": "abc", "userToken": "u"}).key
+    assert req({**data, "serviceId": "s", "name": "Alpha"}).key == f({"name": "Alpha"}).key
+
+
+def test_an_unknown_key_is_an_error_naming_it_and_the_fields():
+    """It used to be ignored, so a misspelt filter silently matched every item (issue 10,
+    point 6); now it is refused, in a request and in a handler's filter, whatever its value
+    (null included: a misspelt key is no less misspelt)."""
+    fields = ", ".join(SCHEMA.fields)
+    for compile_ in (f, req):
+        for value in (5, None, {"kind": "eq", "value": 1}):
+            with pytest.raises(FilterKeyError) as e:
+                compile_({"name": "Alpha", "nope": value})
+            assert str(e.value) == f'{OP}: unknown field "nope"; Target has: {fields}'
+    with pytest.raises(FilterKeyError, match=r'unknown fields "b", "a"; Target has: id, '):
+        req({"b": 1, "a": 2})
+    many = {f"k{i}": 1 for i in range(8)}
+    with pytest.raises(FilterKeyError, match=r'"k3", "k4" and 3 more; Target has'):
+        req(many)
+    assert issubclass(FilterKeyError, FilterError)
+
+
+@pytest.mark.parametrize(
+    "key,meant",
+    [
+        ("scene_id", "sceneId"),  # snake_case, the model's own spelling
+        ("SceneID", "sceneId"),
+        ("scene", "sceneId"),  # a foreign key by its Django name
+        ("pri", "price"),  # the one field it begins
+        ("naem", "name"),  # a typo
+    ],
+)
+def test_an_unknown_key_hints_at_the_field_it_probably_means(key, meant):
+    with pytest.raises(FilterKeyError) as e:
+        req({key: "x"})
+    assert str(e.value).startswith(f'{OP}: unknown field "{key}" (did you mean "{meant}"?); ')
+
+
+def test_no_hint_when_nothing_is_close():
+    with pytest.raises(FilterKeyError) as e:
+        req({"buyer_id": "x"})
+    assert "did you mean" not in str(e.value)
+
+
+def test_a_reserved_key_used_as_a_filter_is_an_error():
+    """Where a reserved key cannot be request data it can only be meant as a filter, and
+    reserved keys never filter: an object under it in a request (request data is never an
+    object), and any reserved key in a handler's filter or a visibility rule (no request
+    data there)."""
+    for params in ({"createdAt": {"kind": "range", "value": {"min": "x"}}}, {"seq": {}}):
+        with pytest.raises(FilterKeyError, match=r"is reserved for request data \("):
+            req(params)
+    for key in ("tx", "createdAt", "seq", "userToken"):
+        with pytest.raises(FilterKeyError) as e:
+            f({key: "x"})
+        assert str(e.value).startswith(f'{OP}: "{key}" is reserved for request data (')
+        assert str(e.value).endswith(f"Target has: {', '.join(SCHEMA.fields)}")
+    with pytest.raises(FilterKeyError, match="serviceId"):
+        f({"serviceId": "svc"})  # only a request carries request data
 
 
 def test_reserved_keys_never_filter_even_if_fields():
-    schema = ItemSchema("T", {"id": "id", "tx": "str"})
-    flt = compile_filter(schema, {"tx": "abc"}, op_name="Q")
-    assert flt.matches({"id": "1", "tx": "other"})
+    """An item field named like a reserved key: in a request a plain value under it is
+    request data (no filter), and an attempt to filter on it is refused with a hint."""
+    schema = ItemSchema("T", {"id": "id", "createdAt": "str"})
+    flt = compile_filter(schema, {"createdAt": "abc"}, op_name="Q", request=True)
+    assert flt.matches({"id": "1", "createdAt": "other"})
+    for params, request in (
+        ({"createdAt": {"kind": "eq", "value": "a"}}, True),
+        ({"createdAt": "a"}, False),
+    ):
+        with pytest.raises(FilterKeyError, match="a T field of that name can be filtered by"):
+            compile_filter(schema, params, op_name="Q", request=request)
+
+
+def test_an_extension_key_that_is_a_field_filters():
+    schema = ItemSchema("T", {"id": "id", "serviceId": "str"})
+    flt = compile_filter(schema, {"serviceId": "a"}, op_name="Q", request=True)
+    assert flt.matches({"id": "1", "serviceId": "a"})
+    assert not flt.matches({"id": "1", "serviceId": "b"})
 
 
 def test_string_equality_case_sensitive():

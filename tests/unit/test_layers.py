@@ -35,6 +35,9 @@ ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], set[str]] = {
         "myko_django.log.managers",
         "myko_django.models",
     },
+    # Django's app registry must be ready before the WebSocket routes (their consumer builds
+    # on the models) can be imported: get_asgi_application() sets Django up, then imports them.
+    ("myko_django.asgi", "get_asgi_application"): {"myko_django.routing"},
     # PEP 562 lazy public API: `import myko_django` must work without settings, so
     # `myko_django.Item` and friends are imported on first use.
     ("myko_django", "__getattr__"): {"<dynamic>"},

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.core.management.color import no_style
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
 from django.db.models import sql
 from tqdm import tqdm
 
 from myko_django.items.errors import ItemError
 from myko_django.items.registry import ItemType, registry
+from myko_django.log import sequences
 from myko_django.log.reconcile import (
     item_types,
     latest_for,
@@ -286,18 +286,15 @@ def _insert(model: type[models.Model], objs: list[models.Model], using: str) -> 
     if not objs:
         return 0
     connection = connections[using]
+    # Explicit ids do not move an auto-increment sequence: move it past them, never back
+    # (log/sequences.py says why not loaddata's sequence_reset_sql).
+    sequences.advance_past(model, [obj.pk for obj in objs], using)
     fields = [f for f in model._meta.concrete_fields if not getattr(f, "generated", False)]
     batch = max(connection.ops.bulk_batch_size(fields, objs), 1)
     for start in range(0, len(objs), batch):
         query = sql.InsertQuery(model)
         query.insert_values(fields, objs[start : start + batch], raw=True)
         query.get_compiler(using=using).execute_sql(None)
-    # Explicit ids do not move an autoincrement sequence; loaddata resets it the same way.
-    statements = connection.ops.sequence_reset_sql(no_style(), [model])
-    if statements:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
     return len(objs)
 
 
