@@ -433,6 +433,7 @@ class Plan:
     modes: list[str] = field(default_factory=lambda: ["identical", "distinct"])
     ramp_modes: list[str] = field(default_factory=lambda: ["identical"])
     interleave: bool = False  # see _schedule
+    rounds: int = 1  # with interleave: how many times every mode runs each W
 
     @classmethod
     def make(cls, quick: bool, big: bool = False) -> Plan:
@@ -773,7 +774,8 @@ async def _run_session(session: Session, plan: Plan, log: Any) -> list[dict]:
 def _schedule(plan: Plan, kind: str, s: int) -> list[tuple[str, list[int], bool]]:
     """(mode, its fixed rates W, then its ramp?) in the order they run, each on a fresh set
     of S subscribers. With `plan.interleave` every mode runs one W after the other (the
-    modes' steps at one W close in time on a machine whose load drifts), the ramps last."""
+    modes' steps at one W close in time on a machine whose load drifts), `plan.rounds`
+    times over, the ramps last."""
     blocks = []
     for mode in plan.modes:
         if (kind == "ceiling" and mode != "identical") or (s > 1000 and mode == "distinct"):
@@ -786,7 +788,7 @@ def _schedule(plan: Plan, kind: str, s: int) -> list[tuple[str, list[int], bool]
     if not plan.interleave:
         return blocks
     fixed = [(m, [w], False) for w in plan.rates for m, rates, _ in blocks if w in rates]
-    return fixed + [(m, [], True) for m, _, then_ramp in blocks if then_ramp]
+    return fixed * plan.rounds + [(m, [], True) for m, _, then_ramp in blocks if then_ramp]
 
 
 async def ramp(session: Session, plan: Plan, log: Any) -> list[dict]:
