@@ -90,6 +90,10 @@ def _check(value: Any, depth: int = 0) -> Any:
 
 
 def decode_binary(data: bytes, fmt: str) -> Any:
+    if fmt != MSGPACK:
+        # Before cbor2 builds anything (see scan_cbor). The scan refuses all that `_check`
+        # would, so the decoded value needs no second walk.
+        scan_cbor(data)
     try:
         if fmt == MSGPACK:
             value = msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -97,7 +101,129 @@ def decode_binary(data: bytes, fmt: str) -> Any:
             value = cbor2.loads(data)
     except Exception as exc:  # each library has its own errors for truncated/garbage input
         raise WireError(f"binary frame is not valid {fmt}: {exc!r:.200}") from None
-    return _check(value)
+    return value if fmt != MSGPACK else _check(value)
+
+
+# ---- CBOR headers, read before decoding --------------------------------------------------
+#
+# CBOR tags 28/29 (shared values) let a few bytes stand for a DAG that expands
+# exponentially when walked: 170 bytes held 2^30 list items, and checking (or echoing)
+# them froze a worker for seconds to minutes. Every tag is refused anyway (docs/protocol.md,
+# "Formats": none means anything JSON can carry, and cbor2 acts on many of them while
+# decoding: dates, regexes, decimals, sets...), so the frame's headers are read first,
+# without building values, and a frame is refused before cbor2 sees it if it holds a tag or
+# anything else JSON cannot carry. Without tags each item takes at least one byte of the
+# frame, so what cbor2 then builds is bounded by the frame's size (at most len(data)
+# items), and no later walk can cost more than the bytes that came in.
+
+_TAG_NAMES = {28: "shared value", 29: "shared-value reference", 55799: "self-described CBOR"}
+_ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def scan_cbor(data: bytes) -> int:
+    """Check a CBOR frame's structure from its headers: one well-formed item and nothing
+    after it, no tags, no byte strings, text map keys, no simple values but false, true and
+    null, containers nested at most MAX_DEPTH deep (as `_check` counts). Returns the number
+    of items (never more than len(data)); raises WireError. Strings' UTF-8 is left to cbor2."""
+    try:
+        end, items = _scan_item(data, 0, 0, len(data))
+    except IndexError:
+        raise WireError("binary frame is not valid cbor: it ends inside an item") from None
+    if end != len(data):
+        raise WireError(
+            f"binary frame is not valid cbor: {len(data) - end} bytes after the message"
+        )
+    return items
+
+
+def _scan_item(data: bytes, i: int, depth: int, size: int) -> tuple[int, int]:
+    """(position after the item starting at i, items in it)."""
+    ib = data[i]
+    major, ai = ib >> 5, ib & 31
+    i += 1
+    if ai < 24:
+        arg = ai
+    elif ai < 28:
+        n = _ARG_BYTES[ai]
+        if i + n > size:
+            raise IndexError
+        arg = int.from_bytes(data[i : i + n], "big")
+        i += n
+    elif ai == 31:
+        arg = -1  # indefinite length (or a float/break for major 7)
+    else:
+        raise WireError(f"binary frame is not valid cbor: reserved header byte {ib:#x}")
+    if major == 3:  # text string
+        if arg < 0:
+            return _scan_chunks(data, i, size), 1
+        i += arg
+        if i > size:
+            raise IndexError
+        return i, 1
+    if major <= 1:  # integer
+        if arg < 0:
+            raise WireError(f"binary frame is not valid cbor: header byte {ib:#x}")
+        return i, 1
+    if major == 5 or major == 4:  # map / array
+        if depth >= MAX_DEPTH:
+            raise WireError(f"message is nested deeper than {MAX_DEPTH} levels")
+        items = 1
+        depth += 1
+        is_map = major == 5
+        count = 0
+        while arg < 0 or count < arg:  # each pass reads at least a byte: ends by `size`
+            b = data[i]
+            if arg < 0 and b == 0xFF:
+                return i + 1, items
+            if is_map:
+                if 0x60 <= b < 0x78:  # a short key, the usual case: inline, for speed
+                    i += 1 + b - 0x60
+                    items += 1
+                elif b >> 5 != 3:
+                    raise WireError("a map key is not a string")
+                else:
+                    i, n = _scan_item(data, i, depth, size)
+                    items += n
+                b = data[i]
+            if b < 0x18 or 0xF4 <= b <= 0xF6 or 0x20 <= b < 0x38:  # small int, false/true/null
+                i += 1
+                items += 1
+            elif 0x60 <= b < 0x78:  # short text
+                i += 1 + b - 0x60
+                items += 1
+            else:
+                i, n = _scan_item(data, i, depth, size)
+                items += n
+            count += 1
+        if i > size:
+            raise IndexError
+        return i, items
+    if major == 7:
+        if ai in (20, 21, 22):  # false, true, null
+            return i, 1
+        if ai in (25, 26, 27):  # half, single, double float
+            return i, 1
+        if ai == 31:
+            raise WireError("binary frame is not valid cbor: a break outside an indefinite item")
+        if ai == 23:
+            raise WireError("value undefined has no JSON equivalent")
+        raise WireError(f"CBOR simple value {arg} has no JSON equivalent")
+    if major == 6:
+        if arg < 0:
+            raise WireError(f"binary frame is not valid cbor: header byte {ib:#x}")
+        name = _TAG_NAMES.get(arg)
+        raise WireError(f"CBOR tag {arg}{f' ({name})' if name else ''} is not accepted")
+    raise WireError("byte strings have no JSON equivalent")  # major 2
+
+
+def _scan_chunks(data: bytes, i: int, size: int) -> int:
+    """The chunks of an indefinite-length text string, up to its break."""
+    while data[i] != 0xFF:
+        ib = data[i]
+        if ib >> 5 != 3 or ib & 31 > 27:
+            raise WireError("binary frame is not valid cbor: a bad chunk in an indefinite string")
+        i, _ = _scan_item(data, i, 0, size)
+    return i + 1
 
 
 def encode(message: dict, fmt: str) -> str | bytes:
