@@ -15,6 +15,7 @@ from myko_django.items import permissions
 from myko_django.items.errors import ItemError, OperationError
 from myko_django.items.operations import resolve_command
 from myko_django.items.registry import registry
+from myko_django.log import retry
 from myko_django.log.capture import write_transaction
 from myko_django.log.tables import CommandResult
 from myko_django.log.writepath import Change, apply, apply_sets, create, db_message, writer_guard
@@ -155,7 +156,9 @@ def run_command(
     if not isinstance(tx, str) or not tx:
         raise CommandError(f'{command_id}: "tx" must be a non-empty string')
     user_key = _user_key(user)
-    try:
+
+    def attempt() -> Outcome:
+        # The claim row is in the same transaction: a run again is a clean re-run.
         with write_transaction(tx, source_id, using) as ctx:
             claim = _claim(command_id, tx, user_key, using)
             if isinstance(claim, Outcome):
@@ -163,6 +166,10 @@ def run_command(
             response = handler.func(CommandContext(command_id, tx, user, using), **kwargs)
             claim.response = response
             claim.save(using=using, update_fields=["response"])
+        return Outcome(response, ctx.last_position)
+
+    try:
+        return retry.run(attempt, using=using)
     except CommandError:
         raise
     except (ItemError, OperationError) as exc:
@@ -175,4 +182,3 @@ def run_command(
     except Exception as exc:
         logger.info("myko: command %s (tx %s) raised %r", command_id, tx, exc)
         raise CommandError(str(exc) or type(exc).__name__) from None
-    return Outcome(response, ctx.last_position)

@@ -3,6 +3,7 @@ transaction; the event log rows come from the capture of the ORM writes it makes
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,11 @@ from myko_django.items.errors import ItemError
 from myko_django.items.permissions import ADD, CHANGE, DELETE, SYSTEM, PermissionDenied, check
 from myko_django.items.registry import ItemType, registry
 from myko_django.live.filters import Filter
-from myko_django.log import django_internals, sequences
+from myko_django.log import django_internals, retry, sequences
 from myko_django.log.capture import write_transaction
+from myko_django.log.retry import retryable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,16 +241,37 @@ def apply_events(
 
     Tried first without a savepoint per event (hundreds of subtransactions slow Postgres
     down); only when the database itself refuses an event is the batch redone with one
-    savepoint each, so that event alone is dropped.
+    savepoint each, so that event alone is dropped. A transaction lost to a deadlock or a
+    serialization failure runs again (log/retry.py); a batch the database still refuses
+    as a whole, at COMMIT say, is returned with every event rejected.
     """
     guard = writer_guard(user)
-    with write_transaction(tx, source_id, using) as ctx:
-        try:
-            with transaction.atomic(using=using):
-                rejected = _apply_each(events, using, guard, savepoints=False)
-        except (DatabaseError, _Redo):
-            rejected = _apply_each(events, using, guard, savepoints=True)
-    return ctx.last_position, rejected
+    rejected: list[tuple[int, Any, str]] = []
+
+    def attempt() -> int:
+        rejected.clear()
+        with write_transaction(tx, source_id, using) as ctx:
+            try:
+                with transaction.atomic(using=using):
+                    rejected[:] = _apply_each(events, using, guard, savepoints=False)
+            except (DatabaseError, _Redo) as exc:
+                if retryable(exc):
+                    raise  # the whole transaction is lost: run it again
+                rejected[:] = _apply_each(events, using, guard, savepoints=True)
+        return ctx.last_position
+
+    try:
+        return retry.run(attempt, using=using), rejected
+    except DatabaseError as exc:
+        # Refused as a whole (at COMMIT, say: a deferred foreign key, or a deadlock that
+        # outlasted the retries): nothing committed, and every event is told so.
+        logger.warning("myko: event batch (tx %s) failed in the database: %s", tx, exc)
+        message = f"the database refused the batch: {db_message(exc)}"
+        already = {index for index, _, _ in rejected}
+        return 0, sorted(
+            rejected + [(i, e, message) for i, e in enumerate(events) if i not in already],
+            key=lambda r: r[0],
+        )
 
 
 def writer_guard(user: Any) -> Guard | None:
@@ -284,11 +309,13 @@ def _apply_each(
             else:
                 apply(change, using=using, guard=guard)
         except DatabaseError as exc:
-            if not savepoints:
+            if not savepoints or retryable(exc):
                 raise
             rejected.append((index, event, db_message(exc)))
         except (ItemError, ValueError, TypeError) as exc:
-            if not savepoints and isinstance(exc.__cause__, DatabaseError):
+            if isinstance(exc.__cause__, DatabaseError) and (
+                not savepoints or retryable(exc.__cause__)
+            ):
                 raise exc.__cause__ from exc  # the transaction may be aborted: redo
             if not savepoints and transaction.get_rollback(using):
                 # It failed inside a block without a savepoint (a save's or a delete's

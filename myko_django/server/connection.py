@@ -662,9 +662,19 @@ class Connection:
             for e in batch:
                 self._event_error(e, "This server does not accept events from clients")
             return
-        position, rejected = await self.backend.apply_events(
-            batch, user=self.user, source_id=self.id
-        )
+        try:
+            position, rejected = await self.backend.apply_events(
+                batch, user=self.user, source_id=self.id
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never silence: each event of the batch hears of it
+            logger.exception("myko: connection %s: event batch failed", self.id)
+            # Not its text: an unexpected error's message may quote what a client may not see.
+            message = f"The server failed to apply the events ({type(exc).__name__})"
+            for e in batch:
+                self._event_error(e, message)
+            return
         for _, e, message in rejected:
             logger.info("myko: connection %s: rejected event: %s", self.id, message)
             self._event_error(e, message)

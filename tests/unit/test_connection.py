@@ -731,6 +731,33 @@ async def test_single_rejected_event_and_events_not_allowed(peer, backend, db):
     await peer.nothing()
 
 
+async def test_a_batch_the_backend_fails_on_gets_an_event_error_for_each_event(
+    peer, backend, db, monkeypatch
+):
+    async def broken(events, *, user=None, source_id):
+        raise RuntimeError("could not serialize access: secret row (42, 'hidden')")
+
+    monkeypatch.setattr(backend, "apply_events", broken)
+    batch = [
+        {"changeType": "SET", "itemType": "Target", "item": {"id": "a", "name": "na"}, "tx": "1"},
+        {"changeType": "DEL", "itemType": "Scene", "item": {"id": "s"}, "tx": "2"},
+        "not an event",
+    ]
+    await peer.send("ws:m:event-batch", batch)
+    errors = [m["data"] for m in await peer.drain() if m["event"] == "ws:m:event-error"]
+    assert [(e["tx"], e["itemType"]) for e in errors] == [
+        ("1", "Target"),
+        ("2", "Scene"),
+        (None, None),
+    ]
+    assert {e["message"] for e in errors} == {
+        "The server failed to apply the events (RuntimeError)"
+    }
+    await peer.event("SET", "Target", {"id": "b", "name": "nb"}, tx="3")  # the worker goes on
+    assert [m["data"]["tx"] for m in await peer.drain()] == ["3"]
+    assert db.tables.get("Target", {}) == {}
+
+
 # ---- Envelope: ping, benchmark -------------------------------------------------------------
 
 
