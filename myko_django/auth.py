@@ -96,20 +96,27 @@ def _pk_key(pk: Any) -> str:
     return str(pk)
 
 
+def _user_keys(pks: Iterable[Any]) -> set[Any]:
+    """User primary keys in their Python form (ints or their strings); malformed ones out."""
+    field = get_user_model()._meta.pk
+    keys = set()
+    for pk in pks:
+        try:
+            keys.add(field.to_python(pk))
+        except ValidationError:
+            continue
+    return keys
+
+
 def load_users(pks: Iterable[Any]) -> dict[str, Any]:
     """The users with these primary keys (any form: ints or their strings), fresh from the
     database in one query, by `str(pk)`; their groups come along (one more query) so that
     `user.groups.all()` needs no query later on the event loop. Unknown or malformed
     keys are left out."""
-    model = get_user_model()
-    keys = set()
-    for pk in pks:
-        try:
-            keys.add(model._meta.pk.to_python(pk))
-        except ValidationError:
-            continue
+    keys = _user_keys(pks)
     if not keys:
         return {}
+    model = get_user_model()
     users = model._default_manager.filter(pk__in=keys)
     if _has_groups(model):
         users = users.prefetch_related("groups")
@@ -320,13 +327,7 @@ def read_token(token: Any) -> TokenCredential | None:
 
 
 def _salts(pks: Iterable[str]) -> dict[str, str]:
-    model = get_user_model()
-    keys = set()
-    for pk in pks:
-        try:
-            keys.add(model._meta.pk.to_python(pk))
-        except ValidationError:
-            continue
+    keys = _user_keys(pks)
     rows = TokenSalt.objects.filter(user_id__in=keys).values_list("user_id", "salt")
     return {_pk_key(pk): salt for pk, salt in rows}
 

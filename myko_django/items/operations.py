@@ -213,6 +213,16 @@ def _find(kind: str, name: str) -> Handler | tuple[str, ItemType] | None:
     return derived()[kind].get(name)
 
 
+def _lookup(kind: str, name: Any) -> Handler | tuple[str, ItemType]:
+    """The operation a client named (`_find`), or the OperationError it is told."""
+    if not isinstance(name, str):
+        raise OperationError(f"{kind}Id must be a string, got {name!r:.60}")
+    found = _find(kind, name)
+    if found is None:
+        raise OperationError(f"{kind.capitalize()} handler not found: {name}")
+    return found
+
+
 def _filter_params(params: Any, op_name: str) -> dict[str, Any]:
     """GetXsByQuery / CountXs parameters: the filter and the request's own data, which
     `compile_filter(..., request=True)` tells apart (docs/protocol.md, "Filters")."""
@@ -241,11 +251,7 @@ def resolve_query(
     """(item type, compiled filter) of a ws:m:query as `user` may see it: the query's
     filter and the rows the user may see. OperationError (PermissionDenied among them)
     says what is wrong."""
-    if not isinstance(query_id, str):
-        raise OperationError(f"queryId must be a string, got {query_id!r:.60}")
-    found = _find("query", query_id)
-    if found is None:
-        raise OperationError(f"Query handler not found: {query_id}")
+    found = _lookup("query", query_id)
     try:
         if not isinstance(found, Handler):
             what, it = found
@@ -329,11 +335,7 @@ def _check_item_type(op_name: str, expected: str | None, given: Any) -> None:
 
 def resolve_report(report_id: Any, params: Any, user: Any) -> ReportSpec:
     """The engine's ReportSpec for a ws:m:report, over the rows `user` may see."""
-    if not isinstance(report_id, str):
-        raise OperationError(f"reportId must be a string, got {report_id!r:.60}")
-    found = _find("report", report_id)
-    if found is None:
-        raise OperationError(f"Report handler not found: {report_id}")
+    found = _lookup("report", report_id)
     try:
         if not isinstance(found, Handler):
             what, it = found
@@ -370,11 +372,7 @@ def resolve_report(report_id: Any, params: Any, user: Any) -> ReportSpec:
 
 
 def resolve_command(command_id: Any) -> Handler:
-    if not isinstance(command_id, str):
-        raise OperationError(f"commandId must be a string, got {command_id!r:.60}")
-    found = _find("command", command_id)
-    if found is None:
-        raise OperationError(f"Command handler not found: {command_id}")
+    found = _lookup("command", command_id)
     if isinstance(found, Handler):
         return found
     what, it = found
