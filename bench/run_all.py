@@ -33,7 +33,17 @@ sys.path.insert(0, str(ROOT))
 from bench import support  # noqa: E402
 
 # In the order they run; a module that is not there (yet) is skipped.
-MODULES = ["write_throughput", "snapshot", "memory", "visibility", "fanout", "visibility_fanout"]
+MODULES = [
+    "write_throughput",
+    "write_ceiling",
+    "snapshot",
+    "memory",
+    "visibility",
+    "fanout",
+    "visibility_fanout",
+    "saga_latency",
+    "js_client",
+]
 
 NOTES_WIDTH = 120
 

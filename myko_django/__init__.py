@@ -14,10 +14,20 @@ from myko_django.version import __version__
 if TYPE_CHECKING:
     from myko_django.items.operations import command, query, report
     from myko_django.items.registry import register
+    from myko_django.items.sagas import saga
     from myko_django.log.managers import ItemManager
     from myko_django.models import Item
 
-__all__ = ["Item", "ItemManager", "__version__", "command", "query", "register", "report"]
+__all__ = [
+    "Item",
+    "ItemManager",
+    "__version__",
+    "command",
+    "query",
+    "register",
+    "report",
+    "saga",
+]
 
 _LAZY = {
     "Item": "myko_django.models",
@@ -26,6 +36,7 @@ _LAZY = {
     "query": "myko_django.items.operations",
     "report": "myko_django.items.operations",
     "register": "myko_django.items.registry",
+    "saga": "myko_django.items.sagas",
 }
 
 

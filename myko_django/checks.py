@@ -14,6 +14,8 @@ from django.db.utils import load_backend
 
 from myko_django import conf
 from myko_django.items import operations
+from myko_django.items import sagas as declared_sagas
+from myko_django.items.errors import OperationError
 from myko_django.items.registry import registry
 from myko_django.log import adoption
 from myko_django.log.managers import uses_item_queryset
@@ -115,6 +117,15 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                     id="myko.E006",
                 )
             )
+    if not errors and conf.get("MAX_QUEUED_BYTES") < conf.get("MAX_MESSAGE_SIZE"):
+        errors.append(
+            checks.Warning(
+                "MYKO['MAX_QUEUED_BYTES'] is smaller than MYKO['MAX_MESSAGE_SIZE']: a client "
+                "whose socket is busy would be closed (1013) for one large message waiting.",
+                hint="Make MAX_QUEUED_BYTES at least MAX_MESSAGE_SIZE (by default 4 times it).",
+                id="myko.W041",
+            )
+        )
     return errors
 
 
@@ -404,3 +415,35 @@ def check_metrics(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             id="myko.E040",
         )
     ]
+
+
+@checks.register("myko")
+def check_sagas(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """A saga over an unknown item type, with a filter that cannot match, or two sagas of one
+    name: said at start-up, not when `manage.py myko_sagas` first runs it."""
+    messages: list[checks.CheckMessage] = []
+    for earlier, later in declared_sagas.duplicate_registrations():
+        messages.append(
+            checks.Error(
+                f"Saga {later.name!r} is registered twice, by {earlier.where} and by "
+                f"{later.where}; only the last one runs.",
+                hint="Saga names are unique (they key the checkpoint): rename one (the "
+                "decorator's name argument, else the function name in CamelCase).",
+                obj=later.where,
+                id="myko.E050",
+            )
+        )
+    for saga in declared_sagas.registered().values():
+        try:
+            saga.compiled_filter()
+        except OperationError as exc:
+            messages.append(
+                checks.Error(
+                    f"Saga {saga.name!r} ({saga.where}): {exc}",
+                    hint="Name a registered item type (its wire name or model) and filter "
+                    "on its wire fields.",
+                    obj=saga.where,
+                    id="myko.E051",
+                )
+            )
+    return messages

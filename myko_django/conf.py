@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_SIZE": 16 * 1024 * 1024,
     # Other servers a client should fail over to (GetPeerServers), as dicts.
     "PEER_SERVERS": [],
+    # The `id` GetConnectedServer gives this worker; None: a random one per process, which
+    # tells a client nothing about the host (e.g. f"{socket.gethostname()}-{os.getpid()}").
+    "SERVER_NAME": None,
     # The Channels layer alias the hub uses for fan-out between worker processes.
     "CHANNEL_LAYER": "default",
     # A hub that hears nothing for this long reads the log itself (seconds).
@@ -44,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGES_PER_SECOND": 5_000,
     "MAX_BATCH_ITEMS": 10_000,
     "MAX_IDS": 10_000,
+    # Bytes of frames one connection may have waiting while its client reads slower than
+    # it is sent to; more closes it with 1013 (docs/protocol.md, "Slow readers").
+    "MAX_QUEUED_BYTES": 64 * 1024 * 1024,
     # Operations (myko_django.urls): /metrics answers only when this is True (it needs
     # prometheus-client, the `metrics` extra).
     "METRICS": False,
@@ -109,6 +115,10 @@ EXPECTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "COMMAND_RESULT_TTL": (_positive_number, "a positive number of seconds"),
     "MAX_MESSAGE_SIZE": (_positive_int, "a positive whole number of bytes"),
     "PEER_SERVERS": (_servers, 'a list of server dicts, each with a string "id"'),
+    "SERVER_NAME": (
+        lambda v: v is None or (isinstance(v, str) and v != ""),
+        "None or a non-empty string",
+    ),
     "CHANNEL_LAYER": (
         _layer_alias,
         f"the name of a CHANNEL_LAYERS alias (or {DEFAULT_CHANNEL_LAYER!r})",
@@ -127,6 +137,7 @@ EXPECTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MAX_MESSAGES_PER_SECOND": (_positive_int, "a positive whole number"),
     "MAX_BATCH_ITEMS": (_positive_int, "a positive whole number"),
     "MAX_IDS": (_positive_int, "a positive whole number"),
+    "MAX_QUEUED_BYTES": (_positive_int, "a positive whole number of bytes"),
     "METRICS": (lambda v: isinstance(v, bool), "True or False"),
     "READY_MAX_LAG": (_positive_int, "a positive whole number of positions"),
     "DRAIN_TIMEOUT": (_positive_number, "a positive number of seconds"),

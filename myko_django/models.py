@@ -11,8 +11,19 @@ from django.db import models
 
 from myko_django.log.managers import ItemManager, atomic_save_base
 from myko_django.log.tables import Adoption, CommandResult, Event, Position
+from myko_django.sagas.tables import ParkedEvent, SagaState
 
-__all__ = ["Adoption", "CommandResult", "Event", "Item", "Position", "TokenSalt", "new_id"]
+__all__ = [
+    "Adoption",
+    "CommandResult",
+    "Event",
+    "Item",
+    "ParkedEvent",
+    "Position",
+    "SagaState",
+    "TokenSalt",
+    "new_id",
+]
 
 
 def new_id() -> str:

@@ -18,7 +18,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from myko_django import conf
+from myko_django.items.sagas import registered as registered_sagas
 from myko_django.log.read import high_water
+from myko_django.sagas import runtime as saga_runtime
 from myko_django.server import doorbell, drain, hub, metrics
 
 CHECK_TIMEOUT = 3.0  # seconds each check of /readyz may take
@@ -83,8 +85,27 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus' text format, when MYKO["METRICS"] is on (404 otherwise)."""
     if not conf.get("METRICS"):
         raise Http404("metrics are off (MYKO['METRICS'])")
-    body, content_type = metrics.render(hub.hubs(), draining=drain.draining())
+    sagas = await _saga_figures()
+    body, content_type = metrics.render(hub.hubs(), draining=drain.draining(), sagas=sagas)
     return HttpResponse(body, content_type=content_type)
+
+
+async def _saga_figures() -> list[tuple[str, int, int]]:
+    """(saga, lag, parked events) from the database, when the project has sagas; nothing
+    if the database does not answer within CHECK_TIMEOUT (the scrape still answers)."""
+    if not registered_sagas():
+        return []
+
+    def read() -> list[tuple[str, int, int]]:
+        try:
+            return [(s.name, s.lag, s.parked) for s in saga_runtime.status()]
+        finally:
+            connections.close_all()
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(read), CHECK_TIMEOUT)
+    except Exception:  # noqa: BLE001 - metrics without the sagas' figures, this once
+        return []
 
 
 _head_check: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None

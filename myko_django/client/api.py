@@ -241,6 +241,8 @@ class Query(_Subscription):
                 self.items = ordered
         if "totalCount" in data:
             self.total_count = data["totalCount"]
+        if data.get("more"):
+            return  # a part of a split response: ready and notified after its last part
         self._received = True
         self._notify()
 

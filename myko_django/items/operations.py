@@ -258,14 +258,19 @@ def resolve_query(
             _check_item_type(query_id, it.name, item_type)
             permissions.check(user, VIEW, it, f"view {it.plural}")
             return it.name, filters.both(
-                _derived_filter(query_id, what, it, params), it.visibility(user)
+                _derived_filter(query_id, what, it, params), _visibility(it, user)
             )
         _check_item_type(query_id, found.item_type, item_type)
         it = registry.get(found.item_type)
         permissions.check(user, VIEW, it, f"run {query_id}", found.permission)
-        return it.name, filters.both(_user_filter(found, it, params, user), it.visibility(user))
+        return it.name, filters.both(_user_filter(found, it, params, user), _visibility(it, user))
     except filters.FilterError as exc:
         raise OperationError(str(exc)) from None
+
+
+def _visibility(it: ItemType, user: Any) -> filters.Filter | None:
+    """The rows `user` may see; the server itself (SYSTEM: a saga's `ctx.query`) sees all."""
+    return None if user is permissions.SYSTEM else it.visibility(user)
 
 
 def _derived_filter(query_id: str, what: str, it: ItemType, params: Any) -> filters.Filter:

@@ -56,6 +56,12 @@ class Sequencer:
         self._early: dict[int, CommittedEvent] = {}
         self._history: collections.deque[CommittedEvent] = collections.deque(maxlen=HISTORY)
         self.log_reads = 0  # times the log was read (for tests and stats)
+        # The highest position a read of the whole log returned. Once a position is visible
+        # every lower one is too, so a position below it that the read did not return was
+        # removed by compaction (log/compaction.py): superseded by a later event of its
+        # item, which the read did return. Such holes are stepped over, never waited for.
+        self._read_upto = 0
+        self.holes_skipped = 0
 
     def offer(self, events: Iterable[CommittedEvent]) -> list[Update]:
         """Take events from any source and apply what is now contiguous."""
@@ -120,15 +126,28 @@ class Sequencer:
         return []
 
     def _offer_read(self, events: list[CommittedEvent]) -> list[Update]:
+        """Events read from the whole log (not one type's)."""
         self.log_reads += 1
+        if events:
+            self._read_upto = max(self._read_upto, max(e.position for e in events))
         return self.offer(events)
 
     def _drain(self) -> list[Update]:
         batch: list[CommittedEvent] = []
-        while self.applied + 1 in self._early:
-            event = self._early.pop(self.applied + 1)
-            batch.append(event)
-            self.applied = event.position
+        while True:
+            event = self._early.pop(self.applied + 1, None)
+            if event is not None:
+                batch.append(event)
+                self.applied = event.position
+            elif self.applied + 1 < self._read_upto and self._early:
+                # A hole left by compaction: go on at the next event there is.
+                following = min(self._early)
+                if following > self._read_upto:
+                    break
+                self.holes_skipped += following - 1 - self.applied
+                self.applied = following - 1
+            else:
+                break
         if not batch:
             return []
         self._history.extend(batch)

@@ -110,6 +110,7 @@ def adopt(
     while True:
         with transaction.atomic(using=using):
             _lock_table(item_type, using)
+            append.position_committed(using)  # events committed meanwhile count as logged
             page = list((rows if after is None else rows.filter(pk__gt=after))[:PAGE])
             if not page:
                 if after is not None:
@@ -126,7 +127,7 @@ def adopt(
                 append.Pending(Event.SET, name, item_id, item)
                 for (item_id, _), item in zip(fresh, items, strict=True)
             ]
-            # Last, so the position counter (every writer's) is held only until commit.
+            # Last, after the page's reads (log/append.py: pending events go last).
             append.append(pending, tx=tx, source_id=source, using=using)
         after = page[-1][0]
         read += len(page)

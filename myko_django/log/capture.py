@@ -33,6 +33,10 @@ class WriteContext:
     last_position: int = 0
     defer_using: str | None = None  # the database whose events wait for the commit
 
+    def positioned(self, head: int) -> None:
+        """Told the log's head once this writer's events have positions (at or below it)."""
+        self.last_position = max(self.last_position, head)
+
 
 _context: contextvars.ContextVar[WriteContext | None] = contextvars.ContextVar(
     "myko_write_context", default=None
@@ -60,10 +64,11 @@ def write_transaction(
 ) -> Iterator[WriteContext]:
     """One transaction whose events are appended last, just before it commits.
 
-    The log's position counter stays locked from the append to the commit (append.py),
-    so appending as each write happens would hold every other writer back for the rest
-    of, say, a command's handler. Writes inside are captured as they happen and appended
-    together at the end (docs/architecture.md, "One change", step 2)."""
+    Writes inside are captured as they happen and appended together at the end
+    (docs/architecture.md, "One change", step 2): the pending events are inserted after
+    every row write, which their ordering relies on, and where positions are taken before
+    commit (append.py) the lock is held only from there to the commit. Once this block
+    has committed, `ctx.last_position` is at or past its events' positions."""
     with write_context(tx, source_id) as ctx, transaction.atomic(using=using):
         owner = ctx.defer_using is None
         if owner:
@@ -71,8 +76,9 @@ def write_transaction(
         try:
             yield ctx
             if owner:
-                last = append.append_deferred(tx=ctx.tx, source_id=ctx.source_id, using=using)
-                ctx.last_position = max(ctx.last_position, last)
+                append.append_deferred(
+                    tx=ctx.tx, source_id=ctx.source_id, using=using, positioned=ctx.positioned
+                )
         finally:
             if owner:
                 ctx.defer_using = None
@@ -83,14 +89,13 @@ def _append(pending: list[append.Pending], using: str) -> None:
     if ctx is not None and ctx.defer_using == using:
         append.defer(pending, using)
         return
-    last = append.append(
+    append.append(
         pending,
         tx=ctx.tx if ctx else None,
         source_id=ctx.source_id if ctx else None,
         using=using,
+        positioned=ctx.positioned if ctx else None,
     )
-    if ctx is not None:
-        ctx.last_position = max(ctx.last_position, last)
 
 
 def capture_sets(model: type[models.Model], pks: Iterable[Any], using: str) -> None:

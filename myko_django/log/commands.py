@@ -1,8 +1,11 @@
-"""Running a command: one transaction, idempotent by (commandId, tx, user)."""
+"""Running a command: one transaction, idempotent by (commandId, tx, user), checked
+against the parameters it was first run with (docs/protocol.md, "Commands")."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +22,7 @@ from myko_django.log import retry
 from myko_django.log.capture import write_transaction
 from myko_django.log.tables import CommandResult
 from myko_django.log.writepath import Change, apply, apply_sets, create, db_message, writer_guard
+from myko_django.wire.envelope import RESERVED_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -108,29 +112,65 @@ def _visible_to(user: Any):
     return guard
 
 
-def _user_key(user: Any) -> str:
+# An anonymous caller's tx at least this long is taken for a random one (a UUID has 36
+# characters; myko's clients send those): no other client will choose it by chance.
+UNGUESSABLE_TX = 32
+
+
+def _user_key(user: Any, anonymous_key: str | None = None, tx: str = "") -> str:
+    """Whose commands one tx names: a user's on every connection and worker (their pk).
+
+    An anonymous caller has no identity to prove. A long random tx is one no other client
+    picks, so it is recognised on any connection (a client that reconnects and re-sends a
+    command is answered from the first run); a shorter one (a counter) may well be another
+    anonymous client's too, so it counts within its connection only (`anonymous_key`, the
+    connection's own). Either way a retry must carry the same parameters. Without an
+    `anonymous_key` (server code), ""."""
     if user is None or not getattr(user, "is_authenticated", False):
+        if anonymous_key and len(tx) < UNGUESSABLE_TX:
+            return f"anon:{anonymous_key}"
         return ""
     return str(user.pk)
 
 
-def _claim(command_id: str, tx: str, user_key: str, using: str) -> CommandResult | Outcome:
+def params_hash(params: Any) -> str:
+    """A digest of a command's parameters (reserved keys left out: they are not
+    parameters), the same whatever format they came in."""
+    if isinstance(params, dict):
+        params = {k: v for k, v in params.items() if k not in RESERVED_KEYS}
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _claim(
+    command_id: str, tx: str, user_key: str, using: str, digest: str = ""
+) -> CommandResult | Outcome:
     """Claim (command, tx, user) before running: a racing duplicate blocks on this unique
     row until we commit, then finds our response; if we roll back, it runs itself.
 
-    Returns the new claim, or the Outcome of an earlier run to answer with instead."""
+    Returns the new claim, or the Outcome of an earlier run to answer with instead; a tx
+    already run with other parameters (`digest`) is a CommandError, not a replay."""
     results = CommandResult.objects.using(using)
     cutoff = timezone.now() - dt.timedelta(seconds=conf.get("COMMAND_RESULT_TTL"))
     key = {"command_id": command_id, "tx": tx, "user_key": user_key}
     for _ in range(2):
         try:
             with transaction.atomic(using=using):
-                return results.create(**key, response=None, created_at=timezone.now())
+                return results.create(
+                    **key, response=None, created_at=timezone.now(), params_hash=digest
+                )
         except IntegrityError:
             stored = results.filter(**key).first()
             if stored is None:
                 continue  # deleted meanwhile (myko_clear_command_results): claim again
             if stored.created_at >= cutoff:
+                # "": stored before parameters were recorded (an upgrade): replayed as then.
+                if stored.params_hash and digest and stored.params_hash != digest:
+                    raise CommandError(
+                        f"{command_id}: tx {tx!r:.80} was already used for a {command_id} "
+                        "with other parameters; a retry must send the same parameters, "
+                        "a new command needs a new tx"
+                    ) from None
                 return Outcome(stored.response, 0, replayed=True)
             stored.delete()  # expired: this tx may run again
     raise CommandError(f"{command_id}: could not claim tx {tx}")
@@ -144,8 +184,12 @@ def run_command(
     user: Any = None,
     source_id: str | None = None,
     using: str = "default",
+    anonymous_key: str | None = None,
 ) -> Outcome:
-    """Run one command in one transaction; raise CommandError with the client's message."""
+    """Run one command in one transaction; raise CommandError with the client's message.
+
+    `anonymous_key`: the caller's own key when it is anonymous (a connection's), so that
+    its tx values are not shared with other anonymous callers."""
     try:
         handler = resolve_command(command_id)
         item_type = registry.get(handler.item_type) if handler.item_type else None
@@ -155,12 +199,13 @@ def run_command(
         raise CommandError(str(exc)) from None
     if not isinstance(tx, str) or not tx:
         raise CommandError(f'{command_id}: "tx" must be a non-empty string')
-    user_key = _user_key(user)
+    user_key = _user_key(user, anonymous_key, tx)
+    digest = params_hash(params)
 
     def attempt() -> Outcome:
         # The claim row is in the same transaction: a run again is a clean re-run.
         with write_transaction(tx, source_id, using) as ctx:
-            claim = _claim(command_id, tx, user_key, using)
+            claim = _claim(command_id, tx, user_key, using, digest)
             if isinstance(claim, Outcome):
                 return claim
             response = handler.func(CommandContext(command_id, tx, user, using), **kwargs)

@@ -8,8 +8,15 @@ item's latest event alone. So removing them, and only them, changes no rebuild: 
 keeps its latest event (a SET or a DEL) at its position.
 
 Only positions up to a cut are touched, the position of the last event older than a given
-age: the recent log stays whole, and far below it no running worker reads. Positions are
-never renumbered; the log has holes below the cut, the head stays where it is.
+age: the recent log stays whole. Positions are never renumbered; the log has holes below
+the cut, the head stays where it is.
+
+A running worker may lag below the cut (`--older-than 0` puts the cut at the head): the
+removed events are ones it has not applied yet. It does not wait for them: once a position
+is visible every lower one is, so a position missing below one a read returned was
+compacted, and the sequencer (live/sequencer.py) steps over it. What it skips was
+superseded by a later event of the same item, which it applies, so it ends in the same
+state (as when several commits are coalesced into one update).
 """
 
 from __future__ import annotations

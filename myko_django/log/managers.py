@@ -34,7 +34,9 @@ class ItemQuerySet(django_internals.RefuseRawDelete, models.QuerySet):
     """A QuerySet whose bulk writes append the matching events."""
 
     def update(self, **kwargs: Any) -> int:
-        with transaction.atomic(using=self.db):
+        # No savepoint (two round trips of every command that updates): as with Django's
+        # own update(), an error marks the enclosing block for rollback.
+        with transaction.atomic(using=self.db, savepoint=False):
             base = self.model._base_manager.using(self.db)
             # Lock the rows we are about to change so the events match what we wrote; the
             # outer query keeps FOR UPDATE away from the caller's DISTINCT or annotations.

@@ -5,7 +5,9 @@ Every read here is blocking I/O; the server runs them on its database threads.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from django.db import connections, transaction
 
@@ -63,6 +65,59 @@ def _restore_floats(item_type: str, item: dict | None) -> dict | None:
     return item
 
 
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event as the log holds it, with who wrote it and when (sagas hand these to their
+    handlers; the live layer needs only a CommittedEvent)."""
+
+    position: int
+    tx: str
+    item_type: str
+    item_id: str
+    change_type: str
+    item: dict | None
+    created_at: dt.datetime
+    source_id: str | None
+
+
+def read_logged(
+    after: int,
+    upto: int,
+    *,
+    item_type: str | None = None,
+    limit: int = 1000,
+    using: str = "default",
+) -> list[LoggedEvent]:
+    """At most `limit` events with after < position <= upto, in position order (a page:
+    a follower of the log passes the last position it got as the next `after`)."""
+    query = Event.objects.using(using).filter(position__gt=after, position__lte=upto)
+    if item_type is not None:
+        query = query.filter(item_type=item_type)
+    fields = ("position", "tx", "item_type", "item_id", "change_type", "item", "created_at")
+    rows = query.order_by("position").values_list(*fields, "source_id")[:limit]
+    return [
+        LoggedEvent(p, tx, t, i, c, _restore_floats(t, item), at, source)
+        for p, tx, t, i, c, item, at, source in rows
+    ]
+
+
+def state_before(
+    item_type: str, item_id: str, position: int, using: str = "default"
+) -> dict | None:
+    """The item as the log had it just before `position`: the payload of its latest earlier
+    SET, or None (never set, deleted, or that event compacted away)."""
+    row = (
+        Event.objects.using(using)
+        .filter(item_type=item_type, item_id=item_id, position__lt=position)
+        .order_by("-position")
+        .values_list("change_type", "item")
+        .first()
+    )
+    if row is None or row[0] != Event.SET:
+        return None
+    return _restore_floats(item_type, row[1])
+
+
 def read_request(request: LogRead, using: str = "default") -> list[CommittedEvent]:
     """The events a sequencer asked for (see live/sequencer.py)."""
     return list(read(request.after, request.upto, item_type=request.item_type, using=using))
@@ -79,4 +134,31 @@ def read_snapshot(item_type: str, using: str = "default") -> Snapshot:
         position = high_water(using)
         rows = it.model._base_manager.using(using).values_list(*it.attnames)
         items = list(it.encode_values(rows.iterator(chunk_size=2000)))
+        if connection.vendor == "postgresql":
+            items = _as_of(it.name, items, position, using)
     return Snapshot(it.name, items, position)
+
+
+def _as_of(item_type: str, items: list[dict], position: int, using: str) -> list[dict]:
+    """A row whose change is committed but has no position yet (log/append.py: pending
+    events) is ahead of `position`: take such items as the log has them at `position`
+    instead, so the events that follow apply on exactly that state. In the same snapshot."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT item_id FROM myko_pending_event WHERE item_type = %s", [item_type]
+        )
+        ahead = {row[0] for row in cursor.fetchall()}
+    if not ahead:
+        return items
+    kept = [item for item in items if item["id"] not in ahead]
+    latest = (
+        Event.objects.using(using)
+        .filter(item_type=item_type, item_id__in=list(ahead), position__lte=position)
+        .order_by("item_id", "-position")
+        .distinct("item_id")
+        .values_list("change_type", "item")
+    )
+    for change_type, item in latest:
+        if change_type == Event.SET and item is not None:
+            kept.append(_restore_floats(item_type, item))
+    return kept

@@ -15,7 +15,8 @@ from django.db.models import Max
 
 from myko_django.items.errors import ItemError
 from myko_django.items.registry import ItemType, registry
-from myko_django.log.tables import Event, Position
+from myko_django.log import append
+from myko_django.log.tables import Event
 
 # Rows or logged items read per query; tests lower it to cross page boundaries.
 PAGE = 500
@@ -37,10 +38,12 @@ def plain_rows(model: type[models.Model], using: str) -> models.QuerySet:
 
 
 def lock_out_writers(types: Iterable[ItemType], using: str) -> None:
-    """Block writes to these item tables and appends to the log until we commit.
+    """Block writes to these item tables and appends to the log until we commit; every
+    event committed before is in the log then.
 
     Postgres only; the item tables are locked first so a writer already holding row locks
-    on them commits before we take the position counter, never waiting on us for it.
+    on them commits before we take the positioning lock (log/append.py) and move what is
+    pending, never waiting on us for it.
     Plain reads go on. A writer holding one of these tables while waiting for another we
     hold is a deadlock Postgres breaks by aborting one side; run the command again then.
     On SQLite the single writer lock does the same once we write.
@@ -48,10 +51,11 @@ def lock_out_writers(types: Iterable[ItemType], using: str) -> None:
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
-    tables = sorted({t.model._meta.db_table for t in types}) + [Position._meta.db_table]
+    tables = sorted({t.model._meta.db_table for t in types})
     names = ", ".join(connection.ops.quote_name(t) for t in tables)
     with connection.cursor() as cursor:
         cursor.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+    append.position_committed(using)
 
 
 def table_pages(model: type[models.Model], using: str) -> Iterator[list]:

@@ -36,8 +36,30 @@ class Event(models.Model):
         return f"#{self.position} {self.change_type} {self.item_type} {self.item_id}"
 
 
+class PendingEvent(models.Model):
+    """An event whose transaction committed (or will) before it has a position: writers
+    insert here concurrently, and the positioner (log/append.py) moves committed ones into
+    `Event` in `id` order with the next positions. Readers never look here."""
+
+    id = models.BigAutoField(primary_key=True)
+    tx = models.CharField(max_length=255)
+    item_type = models.CharField(max_length=100)
+    item_id = models.CharField(max_length=255)
+    change_type = models.CharField(
+        max_length=3, choices=[(Event.SET, Event.SET), (Event.DEL, Event.DEL)]
+    )
+    item = models.JSONField(null=True)
+    created_at = models.DateTimeField()
+    source_id = models.CharField(max_length=255, null=True, blank=True)
+
+    class Meta:
+        app_label = "myko_django"
+        db_table = "myko_pending_event"
+
+
 class Position(models.Model):
-    """One row holding the last handed-out log position; its row lock orders appends."""
+    """One row holding the last handed-out log position, changed only by whoever holds the
+    positioning lock (log/append.py)."""
 
     id = models.PositiveSmallIntegerField(primary_key=True)
     last = models.BigIntegerField()
@@ -54,6 +76,9 @@ class CommandResult(models.Model):
     command_id = models.CharField(max_length=255)
     tx = models.CharField(max_length=255)
     user_key = models.CharField(max_length=255)
+    # sha256 of the parameters (log/commands.py params_hash): a retry with other ones is
+    # refused; "" for results stored before it was recorded.
+    params_hash = models.CharField(max_length=64, default="", blank=True)
     response = models.JSONField(null=True)
     created_at = models.DateTimeField()
 

@@ -4,9 +4,9 @@ commands and client events run on the hub's database threads."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
+import secrets
 import time
+import uuid
 from typing import Any
 
 from myko_django import conf
@@ -15,13 +15,15 @@ from myko_django.live.filters import Filter
 from myko_django.live.updates import ReportSpec
 from myko_django.log.commands import CommandError, run_command
 from myko_django.log.writepath import apply_events
-from myko_django.server import authentication, metrics
+from myko_django.server import authentication, jobs, metrics
 from myko_django.server.connection import CommandRejected, Limits
 from myko_django.server.hub import Hub
 from myko_django.version import __version__
 
 STARTED_AT = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
+# GetConnectedServer's id unless MYKO["SERVER_NAME"] names the worker: random, so that it
+# reveals neither the host name nor the process id (docs/protocol.md, "Server queries").
+SERVER_ID = f"myko-{secrets.token_hex(6)}"
 
 
 def _run_command_as(token: Any, command_id: Any, request: Any, *, user: Any, **kwargs: Any) -> Any:
@@ -40,6 +42,9 @@ class DatabaseBackend:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # One per connection: an anonymous client's command tx values are its own
+        # (log/commands.py _user_key), not shared with every other anonymous client.
+        self.anonymous_key = uuid.uuid4().hex
 
     @property
     def allow_client_events(self) -> bool:
@@ -54,6 +59,7 @@ class DatabaseBackend:
             messages_per_second=conf.get("MAX_MESSAGES_PER_SECOND"),
             batch_items=conf.get("MAX_BATCH_ITEMS"),
             ids=conf.get("MAX_IDS"),
+            message_size=conf.get("MAX_MESSAGE_SIZE"),
         )
 
     def resolve_query(
@@ -70,8 +76,17 @@ class DatabaseBackend:
         token = request.get("userToken") if isinstance(request, dict) else None
         started, result = time.perf_counter(), "error"
         try:
-            outcome = await self.hub.db(
-                _run_command_as, token, command_id, request, tx=tx, user=user, source_id=source_id
+            outcome = await self.hub.db_for(
+                source_id,
+                False,
+                _run_command_as,
+                token,
+                command_id,
+                request,
+                tx=tx,
+                user=user,
+                source_id=source_id,
+                anonymous_key=self.anonymous_key,
             )
             result = "ok"
         except CommandError as exc:
@@ -83,13 +98,16 @@ class DatabaseBackend:
     async def apply_events(
         self, events: list[Any], *, user: Any, source_id: str
     ) -> tuple[int, list[tuple[int, Any, str]]]:
-        return await self.hub.db(apply_events, events, user=user, source_id=source_id)
+        heavy = len(events) > jobs.HEAVY_EVENTS  # may hold only half the threads
+        return await self.hub.db_for(
+            source_id, heavy, apply_events, events, user=user, source_id=source_id
+        )
 
     def servers(self, op_id: str, address: tuple[str, int] | None) -> list[dict]:
         if op_id == "GetConnectedServer":
             host, port = address or ("", 0)
             server = {
-                "id": SERVER_ID,
+                "id": conf.get("SERVER_NAME") or SERVER_ID,
                 "version": __version__,
                 "address": host,
                 "port": port,

@@ -9,6 +9,8 @@ protocol runs in a unit test with no Django, no database and no socket.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import sys
@@ -21,7 +23,7 @@ from myko_django.items.errors import ItemError, OperationError
 from myko_django.live.engine import Engine
 from myko_django.live.filters import Filter
 from myko_django.live.updates import QueryUpdate, ReportSpec, ReportUpdate, Update
-from myko_django.server.fanout import encode_query_response
+from myko_django.server import outgoing
 from myko_django.wire import codecs
 from myko_django.wire import envelope as ev
 from myko_django.wire.envelope import WindowError, parse_window
@@ -71,6 +73,7 @@ class Limits:
     messages_per_second: int = 5_000  # sustained; bursts up to the same number
     batch_items: int = 10_000  # events in one ws:m:event-batch
     ids: int = 10_000  # in one "ids" parameter or one "in" filter's value
+    message_size: int = 16 * 1024 * 1024  # bytes of one message, in or out (MAX_MESSAGE_SIZE)
 
 
 class Backend(Protocol):
@@ -126,6 +129,33 @@ class _Pending:
     op_id: str
 
 
+# Frames larger than this are decoded on a thread of their own (issue 13, item 7): a 12 MB
+# frame took ~170 ms to decode and check, all of it on the event loop; on the thread the
+# loop still waits for the C parser's share (~60 ms; it holds the GIL) but not for the
+# rest. One thread: big frames of all connections take turns instead of taking every core.
+DECODE_IN_THREAD = 256 * 1024
+_decoder: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def _decode(size: int, admitted: bool, decode: Callable[..., Any], *args: Any) -> Any:
+    """Decode a frame: on the loop when small; on the decoding thread when large; not at all
+    when large and over the message rate (only a cancel is read then, and cancels are
+    small), which costs its sender the refusal instead of our decoding."""
+    global _decoder
+    if size <= DECODE_IN_THREAD:
+        return decode(*args)
+    if not admitted:
+        raise codecs.WireError(f"a {size}-byte frame over the message rate is not read")
+    if _decoder is None:
+        _decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="myko-decode")
+    return await asyncio.get_running_loop().run_in_executor(_decoder, decode, *args)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class Connection:
     """The protocol state of one WebSocket connection."""
 
@@ -153,6 +183,9 @@ class Connection:
         # when the user changes (logged out, deactivated, permissions changed).
         self.requests: dict[str, tuple[str, Any]] = {}
         self.loading: dict[str, _Pending] = {}  # subscriptions waiting for their store
+        # tx -> how far its sequence numbers run ahead of the engine's: a response split
+        # into parts (server/outgoing.py) takes several; reset by the next sequence 0.
+        self.shifts: dict[str, int] = {}
         self._loads: set[asyncio.Task] = set()
         self.bad_frames = 0
         self.benchmarks = 0
@@ -167,6 +200,7 @@ class Connection:
         self._strikes = 0.0
         self._warned_at: float | None = None
         self._in_flight = 0  # commands and events queued or running
+        self.closed = False
         self._work: asyncio.Queue = asyncio.Queue(self.limits.commands_in_flight)
         self._worker = asyncio.get_running_loop().create_task(self._run_work())
         hub.attach(self, self._deliver)
@@ -179,6 +213,7 @@ class Connection:
 
     async def close(self) -> None:
         """The client went away: drop subscriptions; a running command still finishes."""
+        self.closed = True  # a report whose stores still load must not subscribe it
         self.loading.clear()  # stores still loading must not subscribe a closed connection
         self.hub.detach(self)
         self._worker.cancel()
@@ -198,39 +233,79 @@ class Connection:
             # no format carries: the sender is told where it can be, nothing else breaks.
             logger.warning("myko: connection %s: could not encode %s: %s", self.id, event, exc)
             return False
+        size = outgoing.frame_size(frame)
+        if size > self.limits.message_size:  # the server would drop it (docs/protocol.md)
+            logger.warning(
+                "myko: connection %s: %s is %d bytes, over the %d-byte limit: not sent",
+                self.id,
+                event,
+                size,
+                self.limits.message_size,
+            )
+            return False
         self.send_frame(frame)
         return True
 
     def _deliver(self, update: Update) -> None:
         if isinstance(update, QueryUpdate):
             event = self.kinds.get(update.tx, ev.QUERY_RESPONSE)
+            tx = update.tx
+            if update.sequence == 0:
+                self.shifts.pop(tx, None)
+            shift = self.shifts.get(tx, 0)
+            if shift:
+                update = dataclasses.replace(update, sequence=update.sequence + shift)
             try:
-                frame = encode_query_response(update, self.fmt, event)
+                frames = outgoing.query_frames(update, self.fmt, event, self.limits.message_size)
             except Exception as exc:
                 # E.g. a JSON field holding a 65-bit integer written through the ORM, sent
-                # to a MessagePack client: end this subscription with an error, not a gap.
-                logger.exception("myko: connection %s: could not encode %s", self.id, event)
+                # to a MessagePack client, or one item over the message limit: end this
+                # subscription with an error, not a gap.
+                if isinstance(exc, outgoing.TooLarge):
+                    message = f"the result cannot be sent: {exc}"
+                    logger.warning("myko: connection %s: %s: %s", self.id, tx, message)
+                else:
+                    message = f"the result cannot be sent as {self.fmt}: {exc}"
+                    logger.exception("myko: connection %s: could not encode %s", self.id, event)
                 kind = "view" if event == ev.VIEW_RESPONSE else "query"
                 self.send(
                     f"ws:m:{kind}-error",
+                    {"tx": tx, f"{kind}Id": self.op_ids.get(tx), "message": message},
+                )
+                self._forget(tx)
+                self.hub.engine.cancel(self, tx)
+                return
+            if len(frames) > 1:
+                self.shifts[tx] = shift + len(frames) - 1
+            for frame in frames:
+                self.send_frame(frame)
+        elif isinstance(update, ReportUpdate):
+            if not self.send(ev.REPORT_RESPONSE, {"response": update.value, "tx": update.tx}):
+                # Too large (or not encodable): the report ends with its error, never silence.
+                self.send(
+                    ev.REPORT_ERROR,
                     {
                         "tx": update.tx,
-                        f"{kind}Id": self.op_ids.get(update.tx),
-                        "message": f"the result cannot be sent as {self.fmt}: {exc}",
+                        "reportId": self._report_id(update.tx),
+                        "message": "the report's value cannot be sent: over the message "
+                        f"limit of {self.limits.message_size} bytes (MAX_MESSAGE_SIZE) or "
+                        f"not encodable as {self.fmt}",
                     },
                 )
                 self._forget(update.tx)
                 self.hub.engine.cancel(self, update.tx)
-                return
-            self.send_frame(frame)
-        elif isinstance(update, ReportUpdate):
-            self.send(ev.REPORT_RESPONSE, {"response": update.value, "tx": update.tx})
+
+    def _report_id(self, tx: str) -> Any:
+        request = self.requests.get(tx)
+        data = request[1] if request is not None else None
+        return data.get("reportId") if isinstance(data, dict) else None
 
     def _forget(self, tx: str) -> None:
         """This connection no longer has a query, view or report under `tx`."""
         self.kinds.pop(tx, None)
         self.op_ids.pop(tx, None)
         self.requests.pop(tx, None)
+        self.shifts.pop(tx, None)
 
     # ---- the user ----------------------------------------------------------------------
 
@@ -263,7 +338,7 @@ class Connection:
             self.binary_fmt = self.binary_fmt or codecs.MSGPACK
             return
         try:
-            message = codecs.decode_text(text)
+            message = await _decode(len(text), admitted, codecs.decode_text, text)
         except codecs.WireError as exc:
             return self._bad(str(exc)) if admitted else self._refuse(None, self._rate_exceeded())
         await self._receive(message, admitted)
@@ -274,7 +349,7 @@ class Connection:
         admitted = self._admit()
         try:
             fmt = self.binary_fmt or codecs.detect_binary(data)
-            message = codecs.decode_binary(data, fmt)
+            message = await _decode(len(data), admitted, codecs.decode_binary, data, fmt)
         except codecs.WireError as exc:
             return self._bad(str(exc)) if admitted else self._refuse(None, self._rate_exceeded())
         if self.binary_fmt is None:
@@ -333,7 +408,8 @@ class Connection:
         if event in (ev.QUERY_WINDOW, ev.VIEW_WINDOW):
             return self._window(event, data)
         if event == ev.PING:
-            return self.send(ev.PING, data)
+            # Always answered: what the format cannot carry (NaN in JSON) comes back null.
+            return self.send(ev.PING, data) or self.send(ev.PING, codecs.carriable(data))
         if event == ev.BENCHMARK:
             self.benchmarks += 1
             return
@@ -595,6 +671,8 @@ class Connection:
                 spec = self.backend.resolve_report(report_id, request, user)
                 for item_type in spec.item_types:
                     await self.hub.ensure_store(item_type)
+            if self.closed:
+                return  # closed while its stores loaded: nothing to subscribe
             if again and self.hub.engine.subscription_key(self, tx) == spec.key:
                 return
             self._forget(tx)
@@ -639,8 +717,12 @@ class Connection:
         job = self.backend.run_command(
             command_id, request, tx=tx, user=self.user, source_id=self.id
         )
+        running = asyncio.ensure_future(job)
+        # If this connection closes meanwhile, nobody awaits it: take its outcome anyway
+        # (no "Task exception was never retrieved" for a command that failed after that).
+        running.add_done_callback(_retrieve)
         try:
-            response, position = await asyncio.shield(asyncio.ensure_future(job))
+            response, position = await asyncio.shield(running)
         except CommandRejected as exc:
             return self.send(
                 ev.COMMAND_ERROR, {"tx": tx, "commandId": command_id, "message": str(exc)}
@@ -651,7 +733,10 @@ class Connection:
         if self._loads:
             await asyncio.wait(list(self._loads))
         if not self.send(ev.COMMAND_RESPONSE, {"response": response, "tx": tx}):
-            message = f"{command_id} returned a value that cannot be sent as {self.fmt}"
+            message = (
+                f"{command_id} returned a value that cannot be sent as {self.fmt} or is over "
+                f"the message limit of {self.limits.message_size} bytes (MAX_MESSAGE_SIZE)"
+            )
             self.send(ev.COMMAND_ERROR, {"tx": tx, "commandId": command_id, "message": message})
 
     async def _events(self, event: str, data: Any) -> None:

@@ -3,19 +3,27 @@ sends its events to one group; each worker's hub is that group's only member.
 
 Best effort by design (channels-redis drops messages to full channels, Redis may be
 down): the log is the truth, and a worker repairs gaps and polls (hub.py).
+
+Signed (docs/architecture.md, "Trusting the doorbell"): whoever can write to the channel
+layer is not thereby trusted to say what the log holds. Each message carries an
+HMAC-SHA256 of its events, keyed from SECRET_KEY and the group; a listener drops (and
+counts) a message whose signature is missing or wrong, so a forged one is never applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from django.conf import settings
 from django.db import connections
 
 from myko_django import conf
@@ -68,19 +76,62 @@ def group_name(using: str = "default") -> str:
     return f"myko.events.{name}.{digest}"
 
 
-def to_message(events: Sequence[CommittedEvent], at: float | None = None) -> dict:
-    """`at`: when the first of them committed (time.time()), for the fan-out lag metric."""
-    message = {
-        "type": MESSAGE_TYPE,
-        "events": [[e.position, e.item_type, e.item_id, e.change_type, e.item] for e in events],
-    }
+def _keys(group: str) -> list[bytes]:
+    """The signing key of `group` (first), then those of SECRET_KEY_FALLBACKS, which are
+    still accepted so that workers restarted with a rotated key keep hearing each other."""
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ())]
+    return [_key(group, str(secret)) for secret in secrets]
+
+
+_key_cache: dict[tuple[str, str], bytes] = {}
+
+
+def _key(group: str, secret: str) -> bytes:
+    key = _key_cache.get((group, secret))
+    if key is None:
+        material = f"myko.doorbell\0{group}\0{secret}".encode()
+        key = _key_cache[(group, secret)] = hashlib.sha256(material).digest()
+    return key
+
+
+def _signed_bytes(rows: Any, at: Any) -> bytes:
+    """What is signed: the events and the commit time, as MessagePack. channels-redis
+    carries a message as MessagePack too, so a listener gets back values that pack to the
+    same bytes (tuples come back as lists, which pack alike)."""
+    return msgpack.packb([at, rows], use_bin_type=True)
+
+
+def to_message(
+    events: Sequence[CommittedEvent], at: float | None = None, group: str | None = None
+) -> dict:
+    """`at`: when the first of them committed (time.time()), for the fan-out lag metric;
+    `group`: the group it is sent to (its key signs the message)."""
+    rows = [[e.position, e.item_type, e.item_id, e.change_type, e.item] for e in events]
+    message: dict[str, Any] = {"type": MESSAGE_TYPE, "events": rows}
     if at is not None:
         message["at"] = at
+    key = _keys(group or group_name())[0]
+    message["sig"] = hmac.new(key, _signed_bytes(rows, at), hashlib.sha256).digest()
     return message
 
 
-def from_message(message: dict) -> list[CommittedEvent]:
-    return [CommittedEvent(*row) for row in message.get("events", ())]
+def from_message(message: dict, group: str | None = None) -> list[CommittedEvent] | None:
+    """The events of a message signed for `group`; None (refused) when its signature is
+    missing or does not match: the channel layer is not the truth."""
+    sig, rows = message.get("sig"), message.get("events")
+    if not isinstance(sig, bytes) or not isinstance(rows, list):
+        return None
+    try:
+        signed = _signed_bytes(rows, message.get("at"))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    for key in _keys(group or group_name()):
+        if hmac.compare_digest(hmac.new(key, signed, hashlib.sha256).digest(), sig):
+            try:
+                return [CommittedEvent(*row) for row in rows]
+            except TypeError:
+                return None  # signed by a process of another version: let the log say
+    return None
 
 
 async def ring(
@@ -91,7 +142,8 @@ async def ring(
     if target is None:
         return
     try:
-        await target.group_send(group_name(using), to_message(events, at))
+        group = group_name(using)
+        await target.group_send(group, to_message(events, at, group))
     except Exception as exc:  # the log is the truth; workers poll it
         metrics.COUNTS.doorbell_ring_failures += 1
         logger.warning("myko: could not ring the doorbell (%s); workers will poll the log", exc)
@@ -109,6 +161,18 @@ def ring_from_thread(events: Sequence[CommittedEvent]) -> None:
     except RuntimeError:
         pass
     async_to_sync(ring)(events)
+
+
+def _refused() -> None:
+    """Count a refused message; log the 1st, 2nd, 4th, 8th... (a flood is not a log flood)."""
+    counts = metrics.COUNTS
+    counts.doorbell_refused += 1
+    if counts.doorbell_refused & (counts.doorbell_refused - 1) == 0:
+        logger.warning(
+            "myko: refused %d channel-layer message(s) without a valid signature (a worker "
+            "with another SECRET_KEY, or forged); the log is read instead",
+            counts.doorbell_refused,
+        )
 
 
 class Listener:
@@ -166,8 +230,12 @@ class Listener:
                 message = await self.layer.receive(channel)
                 delay = 0.1
                 if message.get("type") == MESSAGE_TYPE:
+                    events = from_message(message, self.group)
+                    if events is None:
+                        _refused()
+                        continue
                     at = message.get("at")
-                    self.on_events(from_message(message), at if isinstance(at, float) else None)
+                    self.on_events(events, at if isinstance(at, float) else None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

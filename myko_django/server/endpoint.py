@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+from django.utils.http import is_same_domain
 
 from myko_django import conf
-from myko_django.server import authentication, drain, metrics
+from myko_django.server import authentication, drain, metrics, outgoing
 from myko_django.server.backend import DatabaseBackend
 from myko_django.server.connection import Connection
 from myko_django.server.hub import get_hub
@@ -29,6 +30,7 @@ from myko_django.server.hub import get_hub
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
+CLOSE_SLOW = 1013  # the client reads too slowly (docs/protocol.md, "Slow readers")
 _COUNTS = metrics.COUNTS
 
 
@@ -54,7 +56,7 @@ class MykoConsumer:
         identity = await authentication.identify(hub, scope)  # MYKO["AUTHENTICATORS"]
         if drain.draining():
             return await _refuse_while_draining(send)
-        outbox = Outbox(send)
+        outbox = Outbox(send, conf.get("MAX_QUEUED_BYTES"))
         connection = Connection(
             hub,
             DatabaseBackend(hub),
@@ -64,6 +66,9 @@ class MykoConsumer:
         )
         await send({"type": "websocket.accept"})
         _COUNTS.connections_opened += 1
+        # Frames wait in the Outbox while the socket's buffer is full; too many: 1013.
+        watched = outgoing.watch(send, outbox.pause, outbox.resume)
+        outbox.on_overflow = lambda: _close_later(send, CLOSE_SLOW)
 
         async def close_for_restart() -> None:
             await send({"type": "websocket.close", "code": drain.CLOSE_RESTART})
@@ -103,6 +108,8 @@ class MykoConsumer:
             watcher.forget(connection)
             await connection.close()
             outbox.close()
+            if watched:
+                outgoing.unwatch(send)
 
 
 # The close codes of RFC 6455 and IANA's registry that this endpoint closes with.
@@ -117,15 +124,25 @@ def fix_daphne_close_codes() -> bool:
     3000-4999 from an application and raises for anything else: no close frame is sent,
     the exception ends the application, and the client sees 1011 or a dropped connection.
     For SERVER_CLOSE_CODES daphne's `serverClose` sends the frame with autobahn's
-    `sendCloseFrame` instead, as daphne itself does for 1011. Done once per process, only
-    where daphne serves (its WebSocket module is loaded); True if done. Pinned by
+    `sendCloseFrame` instead, as daphne itself does for 1011.
+
+    And what autobahn refuses before the application sees it (a message over daphne's
+    `--websocket-max-message-size`, a text frame that is not UTF-8) it answers by dropping
+    the TCP connection (its `failByDrop` option, on by default; the client sees 1006).
+    Each socket turns it off in daphne's `onConnect`, so autobahn closes with 1009 or
+    1007 and the closing handshake instead, and reads nothing more of the message.
+
+    Done once per process, only where daphne serves (its WebSocket module is loaded); True
+    if done. `routing.websocket_application()` calls it when the application is built,
+    before daphne accepts a socket. Pinned by tests/system/test_close_codes.py and
     tests/system/test_operations.py."""
     global _close_codes_fixed
     _close_codes_fixed = True
     module = sys.modules.get("daphne.ws_protocol")
     protocol = getattr(module, "WebSocketProtocol", None)
     original = getattr(protocol, "serverClose", None)
-    if original is None or getattr(original, "myko_fixed", False):
+    on_connect = getattr(protocol, "onConnect", None)
+    if original is None or on_connect is None or getattr(original, "myko_fixed", False):
         return False
 
     def server_close(self: Any, code: int | None = None) -> None:
@@ -134,9 +151,24 @@ def fix_daphne_close_codes() -> bool:
         else:
             original(self, code=code)
 
+    def close_instead_of_drop(self: Any, request: Any) -> Any:
+        self.failByDrop = False  # autobahn's own option, read per connection
+        return on_connect(self, request)
+
     server_close.myko_fixed = True  # type: ignore[attr-defined]
     protocol.serverClose = server_close
+    protocol.onConnect = close_instead_of_drop
     return True
+
+
+_closing: set[asyncio.Task] = set()  # close tasks started outside the receive loop
+
+
+def _close_later(send: Any, code: int) -> None:
+    """Close the socket with `code` from a synchronous path (the Outbox's `put`)."""
+    task = asyncio.get_running_loop().create_task(send({"type": "websocket.close", "code": code}))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 async def _refuse_while_draining(send: Any) -> None:
@@ -152,6 +184,19 @@ def _frame_message(frame: str | bytes) -> dict:
     return {"type": "websocket.send", "bytes": frame}
 
 
+# Exceptions of ASGI servers for a send to a socket that is closing or closed, by name (the
+# server's packages are not imported here): autobahn (daphne), uvicorn, websockets.
+_SOCKET_GONE = frozenset(
+    {
+        "Disconnected",
+        "ClientDisconnected",
+        "ConnectionClosed",
+        "ConnectionClosedOK",
+        "ConnectionClosedError",
+    }
+)
+
+
 class Outbox:
     """The frames of one connection, sent in order without a task switch per frame.
 
@@ -161,23 +206,71 @@ class Outbox:
     the spot. Only a send that does suspend (a server applying backpressure) gets a task,
     which finishes it and then sends, in order, whatever was put meanwhile. Nothing keeps
     a frame once it is sent (an idle connection holds no old snapshot).
+
+    Slow readers (docs/protocol.md, "Slow readers"): while the socket's write buffer is
+    full (`pause`, told by server/outgoing.py's Backpressure) frames wait here, counted
+    in bytes; `resume` sends them. Over `limit` bytes waiting, the frames are dropped, the
+    Outbox takes no more and `on_overflow` runs (the endpoint closes with 1013).
     """
 
-    __slots__ = ("send", "queue", "task")
+    __slots__ = ("send", "queue", "task", "limit", "queued", "paused", "closed", "on_overflow")
     suspended = 0  # sends in this process that did not complete on the spot
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, limit: int | None = None) -> None:
         self.send = send
         self.queue: collections.deque[str | bytes] = collections.deque()
         self.task: asyncio.Task | None = None
+        self.limit = limit
+        self.queued = 0  # bytes of the frames in `queue`
+        self.paused = False
+        self.closed = False
+        self.on_overflow: Any = None
 
     def put(self, frame: str | bytes) -> None:
+        if self.closed:
+            return
         counts = _COUNTS  # every frame sent comes through here
         counts.frames_out += 1
         counts.bytes_out += len(frame)
-        if self.task is not None:
-            self.queue.append(frame)
-            return
+        if self.task is not None or self.paused:
+            return self._hold(frame)
+        self._send_now(frame)
+
+    def _hold(self, frame: str | bytes) -> None:
+        self.queue.append(frame)
+        self.queued += len(frame)
+        _COUNTS.queued_bytes += len(frame)
+        if self.limit is not None and self.queued > self.limit:
+            _COUNTS.slow_reader_closes += 1
+            logger.warning(
+                "myko: a connection's client reads too slowly: %d bytes waiting (limit %d, "
+                "MAX_QUEUED_BYTES): closing with %d",
+                self.queued,
+                self.limit,
+                CLOSE_SLOW,
+            )
+            on_overflow = self.on_overflow
+            self.close()
+            if on_overflow is not None:
+                on_overflow()
+
+    def _next(self) -> str | bytes:
+        frame = self.queue.popleft()
+        self.queued -= len(frame)
+        _COUNTS.queued_bytes -= len(frame)
+        return frame
+
+    def pause(self) -> None:
+        """The socket's write buffer is full: hold frames here."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The socket's write buffer drained: send what waits, until it fills again."""
+        self.paused = False
+        while self.queue and not self.paused and self.task is None:
+            self._send_now(self._next())
+
+    def _send_now(self, frame: str | bytes) -> None:
         sending = self.send(_frame_message(frame))
         if not inspect.iscoroutine(sending):
             # Not a plain coroutine (another awaitable): no stepping by hand, await it.
@@ -187,8 +280,8 @@ class Outbox:
             waiting_on = sending.send(None)
         except StopIteration:
             return
-        except Exception:  # one unsendable frame must not silence the connection
-            logger.exception("myko: sending a %d-byte frame failed", len(frame))
+        except Exception as exc:  # one unsendable frame must not silence the connection
+            self._failed(exc, len(frame))
             return
         Outbox.suspended += 1
         if Outbox.suspended == 1:
@@ -202,19 +295,38 @@ class Outbox:
                     await _resume(sending, waiting_on)
                 else:
                     await sending
-            except Exception:
-                logger.exception("myko: sending a frame failed")
-            while self.queue:
-                message = _frame_message(self.queue.popleft())
+            except Exception as exc:
+                self._failed(exc)
+            while self.queue and not self.paused:
+                message = _frame_message(self._next())
                 try:
                     await self.send(message)
-                except Exception:
-                    logger.exception("myko: sending a frame failed")
+                except Exception as exc:
+                    self._failed(exc)
                 message = None
         finally:
             self.task = None
 
+    def _failed(self, exc: Exception, size: int | None = None) -> None:
+        """A send that raised. Sent to a socket that is closing or gone (daphne's autobahn
+        raises `Disconnected`, other servers their own `...Disconnected` or
+        `ConnectionClosed`): one line, and nothing more is sent on it, instead of a
+        traceback per reply. Anything else is a bug: its traceback, and the next frame
+        still goes."""
+        if type(exc).__name__ in _SOCKET_GONE:
+            logger.info("myko: the client's socket is closing; no more frames for it (%s)", exc)
+            self.close()
+            return
+        if size is None:
+            logger.exception("myko: sending a frame failed")
+        else:
+            logger.exception("myko: sending a %d-byte frame failed", size)
+
     def close(self) -> None:
+        self.closed = True
+        self.on_overflow = None
+        _COUNTS.queued_bytes -= self.queued
+        self.queued = 0
         self.queue.clear()
         # Forget the task here: one cancelled before its first step never runs the
         # `finally` of `_finish`, and would then hold every later frame in the queue.
@@ -261,31 +373,89 @@ def _size(text: str | None, data: bytes | None) -> int:
 
 
 class OriginValidator:
-    """docs/protocol.md, "Connecting": no Origin header passes (non-browser clients); an
-    Origin must match ALLOWED_HOSTS. Channels' AllowedHostsOriginValidator would refuse
-    the former."""
+    """docs/protocol.md, "Connecting": no Origin header passes (non-browser clients send
+    none). An Origin passes when it is the site's own, scheme, host and port, as Django's
+    CSRF check judges a POST: the host of the handshake's `Host` header, which must pass
+    ALLOWED_HOSTS, and its scheme; or when CSRF_TRUSTED_ORIGINS lists it. Channels'
+    AllowedHostsOriginValidator would refuse the no-Origin case, and compares hosts only.
+
+    A browser sets `Origin`, `Host` and never `X-Forwarded-Proto` on a WebSocket handshake
+    itself, so the scheme is taken from the scope or that header (a proxy's), as is."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        origin = dict(scope.get("headers") or []).get(b"origin")
-        if origin is not None and not self.allowed(origin.decode("latin1")):
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if origin is not None and not self.allowed(origin.decode("latin1"), scope):
             logger.warning("myko: refused a WebSocket from origin %r", origin)
             await receive()  # the connect event
             return await send({"type": "websocket.close", "code": 403})
         return await self.app(scope, receive, send)
 
     @staticmethod
-    def allowed(origin: str) -> bool:
-        host = urlsplit(origin).netloc
-        if not host:
+    def allowed(origin: str, scope: dict | None = None) -> bool:
+        """Whether a handshake with this `Origin` (and `scope`) may open a socket."""
+        try:
+            parts = urlsplit(origin)
+            scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
             return False
+        if scheme not in ("http", "https") or not netloc:
+            return False
+        if _trusted_origin(scheme, netloc):
+            return True
+        headers = dict((scope or {}).get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin1").lower()
         domain, _port = split_domain_port(host)
         hosts = settings.ALLOWED_HOSTS or (
             ["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else []
         )
-        return bool(domain) and validate_host(domain, hosts)
+        if not domain or not validate_host(domain, hosts):
+            return False
+        own_schemes = _request_schemes(scope or {}, headers)
+        return scheme in own_schemes and _with_port(scheme, netloc) == _with_port(scheme, host)
+
+
+def _with_port(scheme: str, netloc: str) -> str:
+    """`host:port` with the scheme's default port written out, so that `example.com` and
+    `example.com:443` compare equal for https."""
+    domain, port = split_domain_port(netloc)
+    if not port:
+        port = "443" if scheme == "https" else "80"
+    return f"{domain}:{port}"
+
+
+def _request_schemes(scope: dict, headers: dict) -> tuple[str, ...]:
+    """The page schemes that are the handshake's own: from the scope (`wss` is https), else
+    from a proxy's `X-Forwarded-Proto`, else unknown (daphne's scope says nothing): both."""
+    scheme = scope.get("scheme")
+    if scheme in ("wss", "https"):
+        return ("https",)
+    forwarded = headers.get(b"x-forwarded-proto")
+    if forwarded:
+        first = forwarded.decode("latin1").split(",")[0].strip().lower()
+        return ("https",) if first in ("https", "wss") else ("http",)
+    if scheme in ("ws", "http"):
+        return ("http",)
+    return ("http", "https")
+
+
+def _trusted_origin(scheme: str, netloc: str) -> bool:
+    """CSRF_TRUSTED_ORIGINS, as Django reads it: `https://app.example.com:8443` exactly,
+    or `https://*.example.com` for its subdomains, scheme included."""
+    for trusted in getattr(settings, "CSRF_TRUSTED_ORIGINS", ()):
+        parts = urlsplit(str(trusted))
+        if parts.scheme.lower() != scheme:
+            continue
+        pattern = parts.netloc.lower()
+        if pattern == netloc:
+            return True
+        if pattern.startswith("*") and is_same_domain(netloc, pattern[1:]):
+            return True
+    return False
 
 
 class SessionFromCookie:

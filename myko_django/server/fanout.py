@@ -13,7 +13,7 @@ from typing import Any
 import cbor2
 import msgpack
 
-from myko_django.live.updates import QueryUpdate
+from myko_django.live.updates import QueryUpdate, SharedItems
 from myko_django.server import gcpause
 from myko_django.wire import codecs, envelope
 
@@ -21,15 +21,17 @@ from myko_django.wire import codecs, envelope
 NO_GC_ABOVE = 1000
 
 
-def _upserts(update: QueryUpdate, fmt: str) -> Any:
-    cache = update.upserts.cache
+def encoded_upserts(update: QueryUpdate | SharedItems, fmt: str) -> Any:
+    """The `upserts` array of `update` (or of these shared items) encoded in `fmt`, once."""
+    upserts = update if isinstance(update, SharedItems) else update.upserts
+    cache = upserts.cache
     encoded = cache.get(fmt)
     if encoded is None:
         # A large snapshot's wrapper dicts (one per item) would set off collections that
         # walk the store again for nothing (see gcpause).
-        large = len(update.upserts) > NO_GC_ABOVE
+        large = len(upserts) > NO_GC_ABOVE
         with gcpause.paused() if large else contextlib.nullcontext():
-            wire = update.upserts.wire()
+            wire = upserts.wire()
             if fmt == codecs.JSON:
                 encoded = codecs.dumps_json(wire)
             elif fmt == codecs.MSGPACK:
@@ -47,10 +49,12 @@ def _shared_part(update: QueryUpdate, fmt: str, event: str) -> tuple[Any, Any]:
     with the shared items. Keyed by the identity of the shared `deletes`/`window`/`changes`
     (the entry holds them, so an id cannot be reused while it is cached)."""
     deletes, window, changes = update.deletes, update.window, update.changes
+    more = getattr(update, "more", False)  # a part of a split response (server/outgoing.py)
     key = (
         "part",
         fmt,
         event,
+        more,
         update.total_count,
         id(deletes) if deletes else 0,
         id(window) if window is not None else 0,
@@ -70,6 +74,8 @@ def _shared_part(update: QueryUpdate, fmt: str, event: str) -> tuple[Any, Any]:
         fields.append(("window", window))
     if changes is not None:
         fields.append(("changes", changes))
+    if more:
+        fields.append(("more", True))
     if fmt == codecs.JSON:
         head: Any = f'{{"event":{codecs.dumps_json(event)},"data":{{"tx":'
         tail: Any = (
@@ -103,7 +109,7 @@ def encode_query_response(
 
     This runs once per receiving connection: all but `tx` and `sequence` is encoded once
     per batch (`_shared_part`), so a subscriber's message is one join."""
-    upserts = _upserts(update, fmt)
+    upserts = encoded_upserts(update, fmt)
     head, tail = _shared_part(update, fmt, event)
     if fmt == codecs.JSON:
         return (

@@ -27,13 +27,14 @@ from myko_django.live.committed import CommittedEvent
 from myko_django.live.engine import Engine
 from myko_django.live.sequencer import Sequencer, Steps
 from myko_django.live.updates import Update
-from myko_django.log import publish
+from myko_django.log import append, publish
 from myko_django.log.read import high_water, read_request, read_snapshot
-from myko_django.server import doorbell, drain, gcpause, metrics
+from myko_django.server import doorbell, drain, gcpause, jobs, metrics
 
 logger = logging.getLogger(__name__)
 
 DB_THREADS = 8
+REPAIR_BACKOFF = 0.02  # the first wait after a gap repair that found nothing (seconds)
 
 
 def _in_db_thread(func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -79,9 +80,15 @@ class Hub:
         self.sequencer = Sequencer(self.engine, position)
         self.first_position = position  # applied since: sequencer.applied - first_position
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="myko-db")
+        self.jobs = jobs.FairJobs(loop, self.executor, DB_THREADS)  # fair turns on them
         self.sinks: dict[Hashable, Callable[[Update], None]] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self._repairing = False
+        # After a repair that did not fill its gap (a position the log does not hold):
+        # the next one waits this long (doubling up to POLL_INTERVAL), so a position far
+        # beyond the log's head costs a few reads a second, not one per arriving event.
+        self._repair_delay = 0.0
+        self._repair_timer: asyncio.TimerHandle | None = None
         self._inbox: list[CommittedEvent] = []  # arrived, not yet offered to the sequencer
         self._unrung: list[CommittedEvent] = []  # committed here, not yet rung to the others
         self._unrung_at: float | None = None  # when the first of them committed (time.time)
@@ -107,6 +114,8 @@ class Hub:
         doorbell.hub_rings(False)
         publish.remove_listener(self._published)
         self._poller.cancel()
+        if self._repair_timer is not None:
+            self._repair_timer.cancel()
         self.doorbell.stop()
         # Every thread takes one job, held at the barrier until all threads have one.
         barrier = threading.Barrier(DB_THREADS, timeout=5)
@@ -123,10 +132,16 @@ class Hub:
         self.executor.shutdown(wait=True, cancel_futures=False)
 
     async def db(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run blocking database work on the hub's threads."""
-        return await self.loop.run_in_executor(
-            self.executor, lambda: _in_db_thread(func, *args, **kwargs)
-        )
+        """Run blocking database work of the hub itself on its threads, ahead of the
+        connections' jobs (server/jobs.py)."""
+        return await self.jobs.run(None, False, lambda: _in_db_thread(func, *args, **kwargs))
+
+    async def db_for(
+        self, owner: Hashable, heavy: bool, func: Callable, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run a connection's database work (`owner`: the connection's id) on the hub's
+        threads when its turn comes; `heavy` jobs may hold only half of them."""
+        return await self.jobs.run(owner, heavy, lambda: _in_db_thread(func, *args, **kwargs))
 
     # ---- connections ---------------------------------------------------------------
 
@@ -190,9 +205,15 @@ class Hub:
             at, self._oldest_at = self._oldest_at, None
             if at is not None and self.sequencer.applied > applied:  # once per flush
                 metrics.COUNTS.fanout_seconds.observe(max(0.0, time.time() - at))
-        if self.sequencer.gap() is not None and not self._repairing:
-            self._repairing = True
-            self.loop.create_task(self._repair())
+        if self.sequencer.gap() is not None:
+            self._start_repair()
+
+    def _start_repair(self) -> None:
+        """Read the gap from the log, unless a repair runs or waits out its back-off."""
+        if self._repairing or self._repair_timer is not None or self.sequencer.gap() is None:
+            return
+        self._repairing = True
+        self.loop.create_task(self._repair())
 
     async def run(self, steps: Steps) -> None:
         """Run sequencer steps, reading the log on the database threads, and deliver."""
@@ -215,14 +236,29 @@ class Hub:
             logger.exception("myko: reading the event log to fill a gap failed")
         finally:
             self._repairing = False
+        if self.sequencer.gap() is None:
+            self._repair_delay = 0.0
+            return
+        # The log did not have it (yet): try again later, less often each time.
+        delay = self._repair_delay = min(
+            max(self._repair_delay * 2, REPAIR_BACKOFF), conf.get("POLL_INTERVAL")
+        )
+        self._repair_timer = self.loop.call_later(delay, self._backed_off)
+
+    def _backed_off(self) -> None:
+        self._repair_timer = None
+        self._start_repair()
 
     async def _poll(self) -> None:
         """Writes from other processes reach us even when no doorbell rings: read what the
-        log holds beyond what was applied every POLL_INTERVAL seconds."""
+        log holds beyond what was applied every POLL_INTERVAL seconds (after positioning
+        committed events left pending, log/append.py)."""
         interval = conf.get("POLL_INTERVAL")
         while True:
             await asyncio.sleep(interval)
             try:
+                # Events whose writer died between its commit and positioning them.
+                await self.db(append.position_stragglers)
                 await self.run(self.sequencer.poll())
             except asyncio.CancelledError:
                 raise

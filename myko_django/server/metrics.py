@@ -12,6 +12,7 @@ imports it. No Django here either: what a worker counts must not depend on eithe
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,8 +79,12 @@ class Counts:
         "gap_repairs",
         "doorbell_ring_failures",
         "doorbell_listen_failures",
+        "doorbell_refused",
         "commands",
         "fanout_seconds",
+        "queued_bytes",
+        "slow_reader_closes",
+        "db_waiting",
     )
 
     def __init__(self) -> None:
@@ -89,8 +94,14 @@ class Counts:
         self.gap_repairs = 0  # times the hub read the log to fill a gap in the positions
         self.doorbell_ring_failures = 0  # rings the channel layer refused
         self.doorbell_listen_failures = 0  # times the listener lost the layer
+        self.doorbell_refused = 0  # channel-layer messages dropped: no valid signature
         self.commands = {"ok": Histogram(COMMAND_BUCKETS), "error": Histogram(COMMAND_BUCKETS)}
         self.fanout_seconds = Histogram(FANOUT_BUCKETS)
+        # Bytes of frames held for clients whose sockets' buffers are full (a state, kept
+        # here by the endpoint's Outbox), and connections closed with 1013 for it.
+        self.queued_bytes = 0
+        self.slow_reader_closes = 0
+        self.db_waiting = 0  # database jobs queued for the hub's threads (server/hub.py)
 
 
 COUNTS = Counts()
@@ -107,6 +118,9 @@ class _Collector:
     def __init__(self) -> None:
         self.hubs: Sequence[Any] = ()
         self.draining = False
+        # (saga name, positions behind the log's head, parked events), read from the
+        # database by the view: the same figures on every worker.
+        self.sagas: Sequence[tuple[str, int, int]] = ()
 
     def collect(self) -> Iterable[Any]:
         counts, hubs = COUNTS, list(self.hubs)
@@ -176,11 +190,13 @@ class _Collector:
         )
         failures = CounterMetricFamily(
             "myko_doorbell_failures",
-            "Channel-layer failures: a ring not sent, or the listener losing the layer.",
+            "Channel-layer failures: a ring not sent, the listener losing the layer, or a "
+            "message refused for a missing or wrong signature.",
             labels=["direction"],
         )
         failures.add_metric(["ring"], counts.doorbell_ring_failures)
         failures.add_metric(["listen"], counts.doorbell_listen_failures)
+        failures.add_metric(["refused"], counts.doorbell_refused)
         yield failures
         yield _histogram(
             "myko_command_duration_seconds",
@@ -189,12 +205,55 @@ class _Collector:
             [((outcome,), h) for outcome, h in counts.commands.items()],
             labels=["outcome"],
         )
+        if self.sagas:
+            lag = GaugeMetricFamily(
+                "myko_saga_lag_positions",
+                "Log positions above a saga's checkpoint (manage.py myko_sagas).",
+                labels=["saga"],
+            )
+            parked = GaugeMetricFamily(
+                "myko_saga_parked_events",
+                "Events a saga parked after its retries, not yet retried or skipped.",
+                labels=["saga"],
+            )
+            for name, behind, waiting in self.sagas:
+                lag.add_metric([name], behind)
+                parked.add_metric([name], waiting)
+            yield lag
+            yield parked
+        yield gauge(
+            "myko_outgoing_queued_bytes",
+            "Bytes of frames held for clients that read slower than they are sent to.",
+            counts.queued_bytes,
+        )
+        yield counter(
+            "myko_slow_reader_closes",
+            "Connections closed with 1013: over MAX_QUEUED_BYTES waiting to be sent.",
+            counts.slow_reader_closes,
+        )
+        yield gauge(
+            "myko_db_jobs_waiting",
+            "Database jobs (commands, event batches) waiting for one of the hub's threads.",
+            counts.db_waiting,
+        )
+        yield gauge(
+            "myko_asyncio_tasks",
+            "asyncio tasks not yet done on the event loop that serves the sockets.",
+            _tasks(),
+        )
         yield counter("myko_frames_sent", "WebSocket messages sent.", counts.frames_out)
         yield counter(
             "myko_bytes_sent",
             "Payload of the WebSocket messages sent (a text frame counts its characters).",
             counts.bytes_out,
         )
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (a scrape outside the hubs' loop)
+        return 0
 
 
 def _histogram(
@@ -210,8 +269,14 @@ _collector: _Collector | None = None
 _registry: Any = None
 
 
-def render(hubs: Sequence[Any], *, draining: bool = False) -> tuple[bytes, str]:
-    """(body, content type) of a scrape: the counts, the state of `hubs`, and the process
+def render(
+    hubs: Sequence[Any],
+    *,
+    draining: bool = False,
+    sagas: Sequence[tuple[str, int, int]] = (),
+) -> tuple[bytes, str]:
+    """(body, content type) of a scrape: the counts, the state of `hubs`, the sagas'
+    (name, lag, parked), and the process
     (CPU, memory, file descriptors, garbage collections). Call it on the hubs' event loop.
     Needs prometheus-client."""
     global _collector, _registry
@@ -225,8 +290,8 @@ def render(hubs: Sequence[Any], *, draining: bool = False) -> tuple[bytes, str]:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         _registry = registry
-    _collector.hubs, _collector.draining = hubs, draining
+    _collector.hubs, _collector.draining, _collector.sagas = hubs, draining, sagas
     try:
         return generate_latest(_registry), CONTENT_TYPE_LATEST
     finally:
-        _collector.hubs = ()
+        _collector.hubs, _collector.sagas = (), ()

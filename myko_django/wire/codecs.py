@@ -8,6 +8,7 @@ The small byte-level encoders at the end let the server splice pre-encoded parts
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -233,6 +234,23 @@ def encode(message: dict, fmt: str) -> str | bytes:
     if fmt == MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     return cbor2.dumps(message)
+
+
+def carriable(value: Any, depth: int = 0) -> Any:
+    """`value` with what some format cannot carry replaced by None: NaN and infinities
+    (JSON has no such numbers) and integers outside -2**63..2**64-1 (MessagePack's range).
+    For echoing a ping whatever it held (docs/protocol.md, "Envelope")."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else None
+    if depth >= MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {k: carriable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [carriable(v, depth + 1) for v in value]
+    return value
 
 
 # ---- byte-level pieces for splicing pre-encoded parts ----------------------------------

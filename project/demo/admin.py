@@ -2,7 +2,7 @@ from django.contrib import admin
 
 from myko_django.admin import ItemAdmin
 
-from .models import Scene, Target
+from .models import Scene, Target, TargetStats
 
 
 @admin.register(Scene)
@@ -14,3 +14,8 @@ class SceneAdmin(ItemAdmin):
 class TargetAdmin(ItemAdmin):
     list_display = ["name", "category", "scene", "id"]
     list_filter = ["category"]
+
+
+@admin.register(TargetStats)
+class TargetStatsAdmin(ItemAdmin):
+    list_display = ["id", "last_name", "sets"]

@@ -41,3 +41,14 @@ class Note(Item):
 
     def __str__(self) -> str:
         return self.text[:50]
+
+
+class TargetStats(Item):
+    """Derived by the `TargetStats` saga (myko.py): per Target (same id), how many SETs of it
+    the log holds and its latest name. Rebuilt exactly by replaying the log from 0."""
+
+    sets = models.IntegerField(default=0)
+    last_name = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.last_name}: {self.sets} sets"

@@ -24,6 +24,7 @@ SETTINGS = {
     "messages_per_second": "MAX_MESSAGES_PER_SECOND",
     "batch_items": "MAX_BATCH_ITEMS",
     "ids": "MAX_IDS",
+    "message_size": "MAX_MESSAGE_SIZE",
 }
 
 
@@ -34,7 +35,7 @@ def test_the_backend_reads_the_limits_from_the_settings(settings):
     assert Limits() == Limits(**{f: conf.DEFAULTS[name] for f, name in SETTINGS.items()})
     lowered = {name: i + 1 for i, name in enumerate(SETTINGS.values())}
     settings.MYKO = {**settings.MYKO, **lowered}
-    assert DatabaseBackend(None).limits == Limits(1, 2, 3, 4, 5)
+    assert DatabaseBackend(None).limits == Limits(1, 2, 3, 4, 5, 6)
 
 
 async def test_lowered_settings_are_honoured(asgi_app, fmt, settings):

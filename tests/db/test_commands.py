@@ -360,3 +360,35 @@ def test_expired_stored_response_lets_the_tx_run_again(settings):
     again = run_command("SlowCount", {"label": "a"}, tx="old")
     assert (again.response, again.replayed) == (2, False)
     assert CommandResult.objects.count() == 1
+
+
+def test_a_retry_with_other_parameters_is_refused(django_user_model):
+    """Issue 13, item 9: the stored response answers only the same command; a tx reused
+    with other parameters is an error, not another command's response."""
+    alice = django_user_model.objects.create(username="alice")
+    assert run_command("SlowCount", {"label": "a"}, tx="t", user=alice).response == 1
+    with pytest.raises(CommandError) as refused:
+        run_command("SlowCount", {"label": "b"}, tx="t", user=alice)
+    assert str(refused.value) == (
+        "SlowCount: tx 't' was already used for a SlowCount with other parameters; a retry "
+        "must send the same parameters, a new command needs a new tx"
+    )
+    # Reserved keys are not parameters: a retry that adds createdAt is the same command.
+    again = run_command("SlowCount", {"label": "a", "createdAt": 5}, tx="t", user=alice)
+    assert (again.response, again.replayed) == (1, True)
+    assert Gadget.objects.count() == 1
+
+
+def test_anonymous_callers_do_not_share_tx_values():
+    """Each connection passes its own anonymous_key: one anonymous client reusing another's
+    tx runs its own command instead of getting the other's stored response."""
+    assert run_command("SlowCount", {"label": "a"}, tx="t", anonymous_key="c1").response == 1
+    theirs = run_command("SlowCount", {"label": "a"}, tx="t", anonymous_key="c2")
+    assert (theirs.response, theirs.replayed) == (2, False)
+    mine = run_command("SlowCount", {"label": "a"}, tx="t", anonymous_key="c1")
+    assert (mine.response, mine.replayed) == (1, True)
+    # A UUID-long tx is nobody else's: recognised whichever connection sends it.
+    long_tx = "0123456789abcdef0123456789abcdef"
+    assert run_command("SlowCount", {"label": "u"}, tx=long_tx, anonymous_key="c1").response == 1
+    again = run_command("SlowCount", {"label": "u"}, tx=long_tx, anonymous_key="c2")
+    assert (again.response, again.replayed) == (1, True)

@@ -10,6 +10,7 @@ def test_package_exports_the_public_api():
     import myko_django
     from myko_django.items.operations import command, query, report
     from myko_django.items.registry import register
+    from myko_django.items.sagas import saga
     from myko_django.log.managers import ItemManager
     from myko_django.models import Item
 
@@ -21,11 +22,13 @@ def test_package_exports_the_public_api():
         "query",
         "register",
         "report",
+        "saga",
     }
     assert myko_django.Item is Item
     assert myko_django.ItemManager is ItemManager
     assert (myko_django.command, myko_django.query, myko_django.report) == (command, query, report)
     assert myko_django.register is register
+    assert myko_django.saga is saga
     assert isinstance(myko_django.__version__, str)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         myko_django.nope  # noqa: B018

@@ -1,12 +1,13 @@
 """Operations used by the tests (found by autodiscovery like any app's myko.py); open to
 anonymous clients (AllowAny), as tests of other things than permissions need."""
 
+import os
 import threading
 import time
 
 from django.db import transaction
 
-from myko_django import command, query, report
+from myko_django import command, query, report, saga
 from myko_django.permissions import AllowAny
 
 from .models import Gadget
@@ -105,3 +106,22 @@ def touch_vault(ctx, *, id: str) -> str | None:
     """A user command with the default permission: any signed-in, active user."""
     row = ctx.get("Vault", id)
     return None if row is None else row["name"]
+
+
+# ---- sagas (tests/db/test_sagas.py, tests/system/test_sagas.py) ---------------------------
+
+
+@saga("TargetStats", on="SET", name="StatsMirror")
+def stats_mirror(ctx, item, event) -> None:
+    """Follows the writes of another saga (the demo's TargetStats): an Owner per Target
+    whose name is its count of SETs."""
+    ctx.set("Owner", {"id": f"stats-{item['id']}", "name": str(item["sets"])})
+
+
+@saga(Gadget, on="SET", name="GadgetPoison", retries=2, backoff=0.05)
+def gadget_poison(ctx, item, event) -> None:
+    """Fails on a Gadget labelled "poison" until MYKO_TEST_CURE=1 (a fix deployed); records
+    every other Gadget it sees as an Owner."""
+    if item["label"] == "poison" and os.environ.get("MYKO_TEST_CURE") != "1":
+        raise ValueError(f"poison gadget {item['id']}")
+    ctx.set("Owner", {"id": f"seen-{item['id']}", "name": item["label"]})

@@ -96,7 +96,7 @@ async def expect_limit(client: WsClient, event: str, **fields: Any) -> str:
 
 def test_defaults_leave_room_for_honest_heavy_use():
     limits = Limits()
-    assert dataclasses.astuple(limits) == (10_000, 1_000, 5_000, 10_000, 10_000)
+    assert dataclasses.astuple(limits) == (10_000, 1_000, 5_000, 10_000, 10_000, 16 * 2**20)
     assert limits.messages_per_second >= 1_000 and limits.batch_items >= 10_000
     with pytest.raises(dataclasses.FrozenInstanceError):
         limits.ids = 1  # type: ignore[misc]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from myko_django.items.errors import ItemError
 from myko_django.items.registry import ItemType, registry
-from myko_django.log import sequences
+from myko_django.log import append, sequences
 from myko_django.log.reconcile import (
     item_types,
     latest_for,
@@ -127,6 +127,8 @@ class Command(BaseCommand):
         """What a rebuild would do, counted in one read-only snapshot."""
         connection = connections[using]
         outermost = not connection.in_atomic_block
+        if outermost:
+            append.position_committed(using)  # committed events not positioned yet count
         with transaction.atomic(using=using):
             if outermost and connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
