@@ -264,6 +264,20 @@ def check_databases(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         except (ImproperlyConfigured, ImportError, AttributeError):
             continue  # Django's own checks and connections say what is wrong
         options = config.get("OPTIONS") or {}
+        level = options.get("isolation_level")
+        if vendor == "postgresql" and level is not None and int(level) not in (1, 2):
+            # psycopg's IsolationLevel: READ_UNCOMMITTED = 1 (Postgres runs it as READ
+            # COMMITTED), READ_COMMITTED = 2, REPEATABLE_READ = 3, SERIALIZABLE = 4.
+            warnings.append(
+                checks.Error(
+                    f"Database {alias!r} is PostgreSQL with isolation level {level!r}: "
+                    "myko's positioning of committed events (log/append.py) needs READ "
+                    "COMMITTED, where each statement sees what committed before it.",
+                    hint=f'Remove DATABASES["{alias}"]["OPTIONS"]["isolation_level"] and '
+                    "ask for a stricter level only in the transactions that need it.",
+                    id="myko.E013",
+                )
+            )
         if vendor != "postgresql" or config.get("CONN_MAX_AGE", 0) != 0 or options.get("pool"):
             continue
         warnings.append(

@@ -21,9 +21,9 @@ position at all:
    the next run starts only after that (it waits for the lock): positions appear in order
    and without gaps.
 3. A writer does not queue for the lock: most would find that a run took their events
-   while they waited. It takes the lock if it is free; else it checks every half
-   millisecond (inside the same call) whether a run took its events, and is through as
-   soon as one did, without writing, so without a WAL flush of its own. It learns the
+   while they waited. It takes the lock if it is free; else it checks (inside the
+   same call, after 0.5 ms, then doubling up to 4 ms) whether a run took its events, and
+   is through as soon as one did, without writing, so without a WAL flush of its own. It learns the
    log's head then, at or past its own positions: enough for read-your-writes.
 
 Why `id` order is a correct order. Two transactions that write the same item both hold
@@ -177,8 +177,16 @@ class _Position:
         try:
             head = _position_mine(self.ids, self.using)
         except Exception:
-            # Committed all the same: a later run (a writer's, the hub's poll) moves them.
-            logger.exception("myko: positioning committed events failed; they wait for the next")
+            logger.warning("myko: positioning committed events failed; trying once more")
+            try:
+                # Waits for the lock instead of polling; a fresh statement, maybe a fresh
+                # connection (Django reconnects after a connection error outside atomic).
+                connections[self.using].close_if_unusable_or_obsolete()
+                head = position_committed(self.using)
+            except Exception:
+                # Committed all the same: a later run (a writer's, the hub's poll) moves
+                # them, but the writer's read-your-writes wait cannot cover them (head 0).
+                logger.exception("myko: positioning failed again; the next run moves them")
         for positioned in self.then:
             positioned(head)
 
@@ -187,7 +195,8 @@ def _position_on_commit(ids: list[int], using: str, positioned: Positioned | Non
     callback = django_internals.last_on_commit_here(using)
     if not isinstance(callback, _Position):
         callback = _Position(using)
-        transaction.on_commit(callback, using=using)
+        # robust: an earlier callback that raises must not leave these events unpositioned.
+        transaction.on_commit(callback, using=using, robust=True)
     callback.ids.extend(ids)
     if positioned is not None:
         callback.then.append(positioned)

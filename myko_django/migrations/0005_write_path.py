@@ -6,8 +6,11 @@ from django.db import migrations, models
 
 # "myko" in ASCII: the advisory lock that serializes positioning runs (log/append.py).
 LOCK_KEY = 0x6D796B6F
-# Seconds between a waiting writer's checks (below).
+# Seconds between a waiting writer's first checks (below), doubling up to POLL_MAX: a
+# run takes about one WAL flush, and many writers checking often would take the CPU the
+# run needs.
 POLL = 0.0005
+POLL_MAX = 0.004
 
 # One positioning run in one call (a plan cached by PL/pgSQL; called on its own, in
 # autocommit, a whole transaction in one round trip): take the lock, then in new
@@ -25,6 +28,8 @@ LANGUAGE plpgsql VOLATILE
 -- has not removed yet cost little; read whole, every run reads them all.
 SET enable_seqscan = off
 AS $$
+DECLARE
+    pause float8 := {POLL};
 BEGIN
     IF mine IS NULL THEN
         PERFORM pg_advisory_xact_lock({LOCK_KEY});
@@ -40,7 +45,8 @@ BEGIN
                     FROM myko_event e;
                 RETURN;
             END IF;
-            PERFORM pg_sleep({POLL});
+            PERFORM pg_sleep(pause);
+            pause := LEAST(pause * 2, {POLL_MAX});
         END LOOP;
     END IF;
     RETURN QUERY

@@ -328,9 +328,14 @@ class Runner:
             if saga.batch is None and failure.index > 0:
                 # Commit what ran before the failing event; it comes first next time.
                 before = group[failure.index - 1].position
-                f.position = runtime.commit(
-                    saga, f.position, group[: failure.index], before, self.using
-                )
+                try:
+                    f.position = runtime.commit(
+                        saga, f.position, group[: failure.index], before, self.using
+                    )
+                except runtime.HandlerFailed:
+                    # A flaky handler failed earlier this time: nothing committed, and the
+                    # next step starts again at the checkpoint (retrying, then parking).
+                    pass
             else:
                 self._retry(f, group, failure)
         f.page = [e for e in f.page if e.position > f.position]

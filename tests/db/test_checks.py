@@ -516,3 +516,24 @@ def test_sqlite_without_immediate_transactions_is_a_warning(settings, options):
 def test_sqlite_with_immediate_transactions_and_other_databases_are_quiet(settings, config):
     settings.DATABASES = {**settings.DATABASES, "app": config}
     assert myko_checks.check_sqlite_transactions() == []
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_postgres_above_read_committed_is_an_error(settings):
+    from psycopg import IsolationLevel
+
+    for level in (IsolationLevel.REPEATABLE_READ, IsolationLevel.SERIALIZABLE):
+        config = {"ENGINE": POSTGRES, "NAME": "app", "CONN_MAX_AGE": 60}
+        settings.DATABASES = {
+            **settings.DATABASES,
+            "app": {**config, "OPTIONS": {"isolation_level": level}},
+        }
+        [error] = myko_checks.check_databases()
+        assert error.id == "myko.E013"
+        assert error.level == checks.ERROR
+        assert "needs READ COMMITTED" in error.msg
+    settings.DATABASES = {
+        **settings.DATABASES,
+        "app": {**config, "OPTIONS": {"isolation_level": IsolationLevel.READ_COMMITTED}},
+    }
+    assert myko_checks.check_databases() == []
