@@ -52,13 +52,19 @@ BEGIN
     RETURN QUERY
     WITH moved AS (
         DELETE FROM myko_pending_event
-        WHERE id IN (SELECT p.id FROM myko_pending_event p ORDER BY p.id LIMIT lim)
+        WHERE txid IN (SELECT p.txid FROM myko_pending_event p ORDER BY p.id LIMIT lim)
         RETURNING myko_pending_event.*
     ), base AS (
         SELECT COALESCE(MAX(e.position), 0) AS last FROM myko_event e
+    ), grouped AS (
+        -- Concurrent writers draw ids from one sequence row by row, so one transaction's
+        -- ids may interleave with another's: keep each transaction's events together, in
+        -- the order of its first id (a later change of an item draws all its ids after
+        -- the earlier one committed, so per item the order stays commit order).
+        SELECT moved.*, MIN(moved.id) OVER (PARTITION BY moved.txid) AS first_id FROM moved
     ), numbered AS (
-        SELECT base.last + row_number() OVER (ORDER BY moved.id) AS pos, moved.*
-        FROM moved CROSS JOIN base
+        SELECT base.last + row_number() OVER (ORDER BY g.first_id, g.id) AS pos, g.*
+        FROM grouped g CROSS JOIN base
     ), inserted AS (
         INSERT INTO myko_event
             (position, tx, item_type, item_id, change_type, item, created_at, source_id)
@@ -86,8 +92,19 @@ ALTER TABLE myko_pending_event SET (
 """
 
 
+# The writing transaction of each pending event (a column Django does not know: only
+# log/append.py's own INSERT and the function above use the table), so a positioning run
+# moves whole transactions and keeps each one's events contiguous.
+TXID = """
+ALTER TABLE myko_pending_event
+    ADD COLUMN txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX myko_pending_event_txid ON myko_pending_event (txid);
+"""
+
+
 def create_function(apps, schema_editor) -> None:
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(TXID)
         schema_editor.execute(FUNCTION)
         schema_editor.execute(VACUUM)
 
