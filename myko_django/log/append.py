@@ -15,7 +15,8 @@ position at all:
    database function `myko_position_pending` (migration 0005), in autocommit, so one
    round trip and one transaction: take the positioning lock (a transaction-scoped
    advisory lock), move every committed pending event into `myko_event` with the next
-   positions in `id` order (one DELETE ... RETURNING feeding one INSERT), commit, publish
+   positions, whole transactions in the order of their first `id`, each transaction's
+   events together in `id` order (one DELETE ... RETURNING feeding one INSERT), commit, publish
    what moved. Runs are serialized, but each takes everything committed before it, so its
    WAL flush is shared by the batch. Readers see positions only once a run commits, and
    the next run starts only after that (it waits for the lock): positions appear in order
@@ -32,8 +33,12 @@ INSERT) until they commit, and each inserts its pending events after its row wri
 the second one draws its `id`s after the first committed: for one item, `id` order is
 commit order. And a run that sees a pending row sees every row committed before it was
 inserted, so it never gives a later change of an item a lower position than an earlier
-one (the same holds for any change made after reading another's committed one). Events of
-one transaction keep their order (consecutive `id`s drawn in capture order).
+one (the same holds for any change made after reading another's committed one): all the
+later transaction's `id`s, its first included, come after all the earlier one's. Events
+of one transaction keep their order (`id`s drawn in capture order) and stay contiguous:
+concurrent writers draw `id`s row by row from one sequence, so one transaction's may
+interleave with another's, and a run groups them by the writing transaction (a `txid`
+column of the pending table, migration 0005).
 
 One command is still one transaction: its item rows and its events commit together; the
 positioning only orders them. If positioning fails (the connection dies after commit),
