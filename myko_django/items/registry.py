@@ -216,7 +216,7 @@ class ItemType:
     def required_kept(self) -> list[models.Field]:
         """The fields that do not travel and that a new row cannot fill by itself: with any
         of them, only server code that sets it can create rows (clients cannot)."""
-        return [f for f in self.kept if not _has_default(f)]
+        return [f for f in self.kept if not has_default(f)]
 
     @functools.cached_property
     def wires(self) -> frozenset[str]:
@@ -388,7 +388,7 @@ class ItemType:
         return "; ".join(parts)
 
 
-def _has_default(f: models.Field) -> bool:
+def has_default(f: models.Field) -> bool:
     """Whether a new row gets a valid value for `f` without one being given: a default (of
     the model or the database), a value set on save, null, or an allowed empty string."""
     return (

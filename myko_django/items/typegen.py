@@ -28,12 +28,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import models
-
 from myko_django.items import operations as ops
 from myko_django.items.operations import KINDS, Handler
 from myko_django.items.params import Param
-from myko_django.items.registry import FieldCodec, ItemType, registry
+from myko_django.items.registry import FieldCodec, ItemType, has_default, registry
 from myko_django.version import __version__
 from myko_django.wire.envelope import RESERVED_KEYS
 
@@ -270,16 +268,7 @@ def _param_members(params: list[Param]) -> list[Member]:
 def _creatable(codec: FieldCodec) -> bool:
     """Whether CreateX may leave the field out (docs/protocol.md, "Events": a field left
     out gets its default, null, or an empty string where the model allows one)."""
-    f: models.Field = codec.field
-    return (
-        f.has_default()
-        or f.has_db_default()
-        or not f.editable
-        or getattr(f, "auto_now", False)
-        or getattr(f, "auto_now_add", False)
-        or f.null
-        or (f.blank and f.empty_strings_allowed)
-    )
+    return has_default(codec.field)
 
 
 def _derived_operation(kind: str, wire: str, what: str, it: ItemType) -> Operation:
